@@ -1,0 +1,371 @@
+"""Reading task data and candidate pools in the dialects users bring.
+
+Inputs: JSONL, JSON (a list of records), Parquet, a local dataset saved by
+``datasets`` or a Hugging Face dataset id (``hf:NAME[:SPLIT]``). Dialects:
+
+* ``alpaca``   - ``instruction`` [+ ``input``] -> ``output``
+* ``sharegpt`` - ``conversations: [{from, value}]``, last ``gpt`` turn is the response
+* ``messages`` - ``messages: [{role, content}]``, last ``assistant`` turn is the response
+* ``prompt_completion`` - ``prompt`` -> ``completion``
+* ``fields``   - any record, with ``prompt_field`` / ``response_field`` or a
+  ``prompt_template`` such as ``"Summarize:\\n{dialogue}"`` naming its fields
+
+Every problem is reported as ``FILE:LINE: field 'X': what is wrong``; with
+``skip_bad`` the record goes to a rejects file with that reason instead.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+DIALECTS = ("alpaca", "sharegpt", "messages", "prompt_completion", "fields")
+
+
+class DataError(ValueError):
+    """Bad input, located by file, line and field."""
+
+    def __init__(self, source: str, line: int | None, message: str, field_name: str | None = None):
+        self.source, self.line, self.field_name, self.reason = source, line, field_name, message
+        where = f"{source}:{line}" if line is not None else source
+        what = f"field {field_name!r}: " if field_name else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+@dataclass
+class DataSpec:
+    """How to turn records into (prompt, response) pairs."""
+
+    dialect: str = "auto"
+    prompt_field: str | None = None
+    response_field: str | None = None
+    prompt_template: str | None = None
+    id_field: str = "id"
+    system_prompt: str | None = None
+
+
+@dataclass
+class Example:
+    """One (prompt, response) pair with the record it came from."""
+
+    id: str
+    messages: list[dict[str, str]]  # the conversation up to (not including) the response
+    response: str
+    record: dict[str, Any] = field(repr=False)
+    dialect: str
+    source: str
+    line: int
+
+    @property
+    def prompt(self) -> str:
+        return "\n\n".join(m["content"] for m in self.messages if m["role"] != "system")
+
+
+# --------------------------------------------------------------------- reading
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), e.lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} wrappers
+    if not isinstance(data, list):
+        raise DataError(str(path), None, "expected a JSON list of records")
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            raise DataError(str(path), i, f"record {i} is a {type(obj).__name__}, not an object")
+        yield i, obj
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            row += 1
+            yield row, rec
+
+
+def _iter_hf(name: str, split: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(f"reading {name!r} needs the `datasets` package: pip install igds[hf]") from e
+    path = Path(name)
+    if path.exists():
+        ds = datasets.load_from_disk(str(path))
+    else:
+        ds = datasets.load_dataset(name, split=split or "train")
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[split or "train"]
+    for i, rec in enumerate(ds, start=1):
+        yield i, rec
+
+
+def iter_records(source: str | Path, split: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line or row number, record)`` from any supported source."""
+    src = str(source)
+    if src.startswith("hf:"):
+        name, _, sp = src[3:].partition(":")
+        yield from _iter_hf(name, sp or split)
+        return
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.is_dir():
+        yield from _iter_hf(str(path), split)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        yield from _iter_jsonl(path)
+    elif path.suffix == ".json":
+        yield from _iter_json(path)
+    elif path.suffix in (".parquet", ".pq"):
+        yield from _iter_parquet(path)
+    else:
+        raise DataError(str(path), None, "unknown file type: expected .jsonl, .json, .parquet or a dataset folder")
+
+
+# --------------------------------------------------------------------- dialects
+def detect_dialect(record: dict[str, Any], spec: DataSpec) -> str | None:
+    if spec.prompt_template or spec.prompt_field:
+        return "fields"
+    if "conversations" in record:
+        return "sharegpt"
+    if "messages" in record:
+        return "messages"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def _text(record: dict[str, Any], key: str, src: str, line: int, allow_empty: bool = False) -> str:
+    if key not in record or record[key] is None:
+        raise DataError(src, line, "missing", key)
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(src, line, f"expected a string, got {type(value).__name__}", key)
+    if not allow_empty and not value.strip():
+        raise DataError(src, line, "empty or whitespace-only text", key)
+    return value
+
+
+_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+         "model": "assistant", "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+
+
+def _conversation(record: dict[str, Any], key: str, role_key: str, text_key: str, src: str, line: int
+                  ) -> tuple[list[dict[str, str]], str]:
+    turns = record.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(src, line, "expected a non-empty list of turns", key)
+    msgs = []
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(src, line, f"expected an object, got {type(turn).__name__}", where)
+        role = _ROLE.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise DataError(src, line, f"unknown role {turn.get(role_key)!r}", f"{where}.{role_key}")
+        content = _text(turn, text_key, src, line) if text_key in turn else None
+        if content is None:
+            raise DataError(src, line, "missing", f"{where}.{text_key}")
+        msgs.append({"role": role, "content": content})
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise DataError(src, line, "no assistant turn to use as the response", key)
+    if not any(m["role"] == "user" for m in msgs[:last]):
+        raise DataError(src, line, "no user turn before the last assistant turn", key)
+    return msgs[:last], msgs[last]["content"]
+
+
+def parse_record(record: dict[str, Any], spec: DataSpec, src: str, line: int, dialect: str | None = None,
+                 require_response: bool = True) -> Example:
+    """Turn one record into an :class:`Example` (raises :class:`DataError`)."""
+    dialect = dialect or (spec.dialect if spec.dialect != "auto" else detect_dialect(record, spec))
+    if dialect is None:
+        raise DataError(src, line, f"unknown dialect: record has fields {sorted(record)}; expected one of "
+                        f"{DIALECTS} or set prompt_field/response_field/prompt_template")
+    if dialect not in DIALECTS:
+        raise DataError(src, line, f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
+    if dialect == "alpaca":
+        instr = _text(record, "instruction", src, line)
+        extra = record.get("input") or ""
+        if not isinstance(extra, str):
+            raise DataError(src, line, f"expected a string, got {type(extra).__name__}", "input")
+        messages = [{"role": "user", "content": instr + ("\n\n" + extra if extra.strip() else "")}]
+        response = _text(record, "output", src, line, allow_empty=not require_response)
+    elif dialect == "sharegpt":
+        messages, response = _conversation(record, "conversations", "from", "value", src, line)
+    elif dialect == "messages":
+        messages, response = _conversation(record, "messages", "role", "content", src, line)
+    elif dialect == "prompt_completion":
+        messages = [{"role": "user", "content": _text(record, "prompt", src, line)}]
+        response = _text(record, "completion", src, line, allow_empty=not require_response)
+    else:
+        if spec.prompt_template:
+            names = [f for _, f, _, _ in string.Formatter().parse(spec.prompt_template) if f]
+            values = {n: _text(record, n, src, line) if not isinstance(record.get(n), (int, float)) else record[n]
+                      for n in names}
+            prompt = spec.prompt_template.format(**values)
+        elif spec.prompt_field:
+            prompt = _text(record, spec.prompt_field, src, line)
+        else:
+            raise DataError(src, line, "dialect 'fields' needs prompt_field or prompt_template")
+        if not spec.response_field:
+            raise DataError(src, line, "dialect 'fields' needs response_field")
+        value = record.get(spec.response_field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+            record = {**record, spec.response_field: value}
+        response = _text(record, spec.response_field, src, line, allow_empty=not require_response)
+        messages = [{"role": "user", "content": prompt}]
+    if spec.system_prompt:
+        messages = [{"role": "system", "content": spec.system_prompt}] + messages
+    raw_id = record.get(spec.id_field)
+    if raw_id is not None and not isinstance(raw_id, (str, int)):
+        raise DataError(src, line, f"expected a string or integer id, got {type(raw_id).__name__}", spec.id_field)
+    ex_id = str(raw_id) if raw_id is not None else f"{Path(src).stem}-{line}"
+    return Example(id=ex_id, messages=messages, response=response, record=record,
+                   dialect=dialect, source=src, line=line)
+
+
+@dataclass
+class Rejects:
+    """Where bad records go under ``skip_bad`` (kept in memory until written)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, err: DataError, record: Any = None) -> None:
+        self.rows.append({"source": err.source, "line": err.line, "field": err.field_name,
+                          "reason": err.reason, "record": record})
+
+
+def iter_examples(source: str | Path, spec: DataSpec | None = None, *, split: str | None = None,
+                  skip_bad: bool = False, rejects: Rejects | None = None,
+                  require_response: bool = True) -> Iterator[Example]:
+    """Stream examples; duplicate ids and bad records raise unless ``skip_bad``."""
+    spec = spec or DataSpec()
+    src = str(source)
+    seen: dict[str, int] = {}
+    dialect: str | None = None if spec.dialect == "auto" else spec.dialect
+    records = iter_records(source, split)
+    while True:
+        try:
+            line, record = next(records)
+        except StopIteration:
+            return
+        except DataError as err:
+            if not skip_bad or err.line is None:
+                raise
+            if rejects is not None:
+                rejects.add(err)
+            # a JSONL reader can go on after a bad line; rebuild the iterator past it
+            records = _skip_to(source, split, err.line)
+            continue
+        try:
+            ex = parse_record(record, spec, src, line, dialect, require_response)
+            if dialect is None:
+                dialect = ex.dialect  # one dialect per file: the first record decides
+            if ex.id in seen:
+                raise DataError(src, line, f"duplicate id {ex.id!r} (first seen on line {seen[ex.id]})", spec.id_field)
+            seen[ex.id] = line
+        except DataError as err:
+            if not skip_bad:
+                raise
+            if rejects is not None:
+                rejects.add(err, record)
+            continue
+        yield ex
+
+
+def _skip_to(source: str | Path, split: str | None, bad_line: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    path = Path(str(source))
+    if path.suffix not in (".jsonl", ".ndjson"):
+        raise DataError(str(source), bad_line, "cannot skip a bad record in a non-line-based file")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno <= bad_line or not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                msg = f"not valid UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else f"malformed JSON: {e.msg}"
+                raise DataError(str(path), lineno, msg) from None
+            if not isinstance(obj, dict):
+                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def load_examples(source: str | Path, spec: DataSpec | None = None, *, limit: int | None = None,
+                  **kw: Any) -> list[Example]:
+    out = []
+    for ex in iter_examples(source, spec, **kw):
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(str(source), None, "no usable examples")
+    return out
+
+
+def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None) -> int:
+    """Write examples back as their original records (plus per-id extra fields), atomically."""
+    from .artifacts import atomic_write_jsonl
+
+    extra = extra or {}
+    return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
+
+
+# --------------------------------------------------------------------- tokens
+@dataclass
+class TokenizedExample:
+    ids: list[int]
+    prompt_len: int  # tokens before the response starts
+    truncated: bool
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
+    """The text the model sees before its answer (chat template when it has one)."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n"
+
+
+def tokenize_example(tokenizer: Any, ex: Example, max_length: int = 1024, use_chat_template: bool = True,
+                     with_response: bool = True) -> TokenizedExample:
+    """Prompt and response token ids, joined at a known boundary.
+
+    Over-long examples are truncated from the end to ``max_length`` tokens and flagged,
+    so that callers can count them (documented behaviour, never silent)."""
+    p = tokenizer(prompt_text(tokenizer, ex.messages, use_chat_template), add_special_tokens=True)["input_ids"]
+    ids = list(p)
+    if with_response:
+        eos = tokenizer.eos_token or ""
+        ids += tokenizer(ex.response + eos, add_special_tokens=False)["input_ids"]
+    truncated = len(ids) > max_length
+    return TokenizedExample(ids=ids[:max_length], prompt_len=min(len(p), max_length), truncated=truncated)
