@@ -1,0 +1,179 @@
+"""The error-preserving SAE edit, and re-running only the blocks above it.
+
+Amplifying feature ``j`` by ``alpha`` at layer L replaces the residual ``h`` with
+
+    h' = dec(f') + err,  err = h - dec(f),  f'_j = alpha * f_j
+       = h + (alpha - 1) * f_j(h) * W_dec[j]
+
+so everything the SAE fails to reconstruct is kept and only feature ``j`` changes.
+With ``alpha = 1`` the model is untouched.
+
+Because the edit happens at layer L, the residual below L is the same for every
+feature: :func:`replay_from` computes it once and swaps blocks ``0..L`` for
+pass-through modules that hand back the (edited) cached residual, so each edited
+forward costs only the blocks above L. Several features are edited in one forward
+by stacking copies of the batch. The LM head is applied only at the positions the
+loss needs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .activations import _hidden, _StopForward, residuals
+from .model import LoadedModel
+from .sae import SAE
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder block: returns its input, or a cached residual."""
+
+    def __init__(self, original: nn.Module, replacement: torch.Tensor | None, as_tuple: bool):
+        super().__init__()
+        self.replacement = replacement
+        self.as_tuple = as_tuple
+        # Some model forwards read per-layer attributes (e.g. sliding-window type).
+        for attr in ("attention_type", "layer_idx", "is_sliding"):
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
+        if hidden_states is None:
+            hidden_states = args[0]
+        out = hidden_states if self.replacement is None else self.replacement
+        return (out,) if self.as_tuple else out
+
+
+@contextmanager
+def replay_from(lm: LoadedModel, layer: int, residual: torch.Tensor, as_tuple: bool = False) -> Iterator[None]:
+    """Within the context, a forward skips blocks ``0..layer`` and starts from ``residual``.
+
+    ``as_tuple`` mirrors the block's own return type (tuple for GPT-2-style blocks)."""
+    blocks = lm.blocks
+    saved = [blocks[i] for i in range(layer + 1)]
+    try:
+        for i in range(layer + 1):
+            blocks[i] = _Replay(saved[i], residual if i == layer else None, as_tuple)
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            blocks[i] = block
+
+
+def _final_hidden_module(lm: LoadedModel) -> nn.Module:
+    norm, _ = lm.unembedding()
+    if norm is None:
+        raise ValueError(f"cannot find the final norm of {lm.name}")
+    return norm
+
+
+@torch.no_grad()
+def logits_at(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              positions: torch.Tensor) -> torch.Tensor:
+    """Logits only at ``positions`` (bool (B, S)), as a flat (n, vocab) tensor.
+
+    The forward is stopped after the final norm so the LM head runs on the needed rows only."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _a, out):
+        store["h"] = _hidden(out)
+        raise _StopForward
+
+    handle = _final_hidden_module(lm).register_forward_hook(hook)
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    h = store["h"][positions.to(lm.device)]
+    logits = lm.model.get_output_embeddings()(h).float()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def masked_losses(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """Per-row mean next-token CE over the positions in ``target`` (B,), LM head on those rows only."""
+    logits = logits_at(lm, input_ids, attention_mask, target)
+    nxt = torch.roll(input_ids.to(lm.device), shifts=-1, dims=1)[target.to(lm.device)]
+    ce = torch.nn.functional.cross_entropy(logits, nxt, reduction="none")
+    rows = torch.arange(input_ids.shape[0], device=lm.device).unsqueeze(1).expand_as(target)[target.to(lm.device)]
+    total = torch.zeros(input_ids.shape[0], device=lm.device).index_add_(0, rows, ce)
+    count = target.sum(dim=1).to(lm.device)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def amplified_residuals(sae: SAE, h: torch.Tensor, features: Sequence[int], alpha: float,
+                        edit_mask: torch.Tensor) -> torch.Tensor:
+    """Stack one edited copy of ``h`` (B, S, d) per feature: (len(features) * B, S, d)."""
+    acts = sae.encode(h, features)  # (B, S, F)
+    dirs = torch.stack([sae.decoder_direction(j) for j in features])  # (F, d)
+    scale = sae.output_scale(h)
+    acts = acts * edit_mask.unsqueeze(-1).to(acts.dtype)
+    delta = (alpha - 1.0) * acts.permute(2, 0, 1).unsqueeze(-1) * dirs[:, None, None, :]  # (F, B, S, d)
+    if isinstance(scale, torch.Tensor):
+        delta = delta * scale.unsqueeze(0)
+    return (h.unsqueeze(0) + delta.to(h.dtype)).reshape(-1, *h.shape[1:])
+
+
+@torch.no_grad()
+def feature_effects(lm: LoadedModel, sae: SAE, layer: int, features: Sequence[int], input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, target: torch.Tensor, edit_mask: torch.Tensor, alpha: float,
+                    chunk: int = 8, cached_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of one batch before and after amplifying each feature.
+
+    Returns ``(base (B,), amplified (F, B))``."""
+    B = input_ids.shape[0]
+    kind: list[bool] = []
+    probe = lm.blocks[layer].register_forward_hook(lambda _m, _a, o: kind.append(isinstance(o, tuple)))
+    try:
+        h = residuals(lm, input_ids, attention_mask, [layer])[layer]
+    finally:
+        probe.remove()
+    as_tuple = kind[0]
+    if cached_prefix:
+        with replay_from(lm, layer, h, as_tuple):
+            base = masked_losses(lm, input_ids, attention_mask, target)
+    else:
+        base = masked_losses(lm, input_ids, attention_mask, target)
+    out = torch.empty(len(features), B, device=lm.device)
+    for start in range(0, len(features), chunk):
+        group = list(features[start:start + chunk])
+        n = len(group)
+        ids, mask, tgt = input_ids.repeat(n, 1), attention_mask.repeat(n, 1), target.repeat(n, 1)
+        if cached_prefix:
+            edited = amplified_residuals(sae, h, group, alpha, edit_mask.to(h.device))
+            with replay_from(lm, layer, edited, as_tuple):
+                losses = masked_losses(lm, ids, mask, tgt)
+        else:
+            losses = _naive_losses(lm, sae, layer, group, ids, mask, tgt, edit_mask.repeat(n, 1), alpha, B)
+        out[start:start + n] = losses.view(n, B)
+    return base, out
+
+
+def _naive_losses(lm: LoadedModel, sae: SAE, layer: int, group: list[int], ids: torch.Tensor,
+                  mask: torch.Tensor, tgt: torch.Tensor, edit_mask: torch.Tensor, alpha: float,
+                  batch: int) -> torch.Tensor:
+    """The same edit applied by a hook inside a full forward (reference and benchmark)."""
+
+    def hook(_m, _a, output):
+        h = _hidden(output)
+        rows = []
+        for i, j in enumerate(group):
+            sl = slice(i * batch, (i + 1) * batch)
+            rows.append(amplified_residuals(sae, h[sl], [j], alpha, edit_mask[sl].to(h.device)))
+        edited = torch.cat(rows)
+        return (edited,) + tuple(output[1:]) if isinstance(output, tuple) else edited
+
+    handle = lm.blocks[layer].register_forward_hook(hook)
+    try:
+        return masked_losses(lm, ids, mask, tgt)
+    finally:
+        handle.remove()

@@ -1,0 +1,249 @@
+"""Stage 2 of IGDS: the Feature-Resonant Score of every candidate example.
+
+For each pool example, each validated feature's activation is aggregated over the
+counted tokens (``mean`` by default; ``max``; ``sum``, which grows with length -
+long examples win - so report the score-length correlation if you use it), divided
+by the feature's mean activation on the task probe set (so that a feature firing at
+3.0 and one firing at 30.0 weigh the same), and the features are combined by their
+mean (or sum): the example's Feature-Resonant Score.
+
+Scoring streams the pool in shards of ``shard_size`` examples. Each finished shard is
+written atomically under ``RUN_DIR/cache/scores-<key>/``, where the key hashes
+everything the scores depend on (model, SAEs, validated features and scales, pool
+content, scoring settings). A killed run resumes from its last finished shard and
+produces a byte-identical ``scores.parquet``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .activations import iter_activation_batches
+from .artifacts import atomic_write_json, atomic_write_parquet, read_json, sha256_file, stable_hash
+from .config import ScoreConfig
+from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
+from .features import FeatureSet
+from .model import LoadedModel
+from .sae import SAE
+from .selection import make_score_table
+
+AGGREGATIONS = ("mean", "sum", "max")
+
+
+class FeatureScorer:
+    """Scores lists of examples against a fixed set of validated features.
+
+    Holds the model and SAEs, so an engine can build one per worker and reuse it."""
+
+    def __init__(self, lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
+                 use_chat_template: bool = True) -> None:
+        if cfg.aggregation not in AGGREGATIONS:
+            raise ValueError(f"score.aggregation must be one of {AGGREGATIONS}, got {cfg.aggregation!r}")
+        if cfg.combine not in ("mean", "sum"):
+            raise ValueError(f"score.combine must be 'mean' or 'sum', got {cfg.combine!r}")
+        self.lm, self.saes, self.cfg, self.use_chat_template = lm, saes, cfg, use_chat_template
+        self.features = features.validated_features
+        if not self.features:
+            raise ValueError("the feature set has no validated features to score with")
+        self.keys = [c["key"] for c in self.features]
+        self.layers = sorted({c["layer"] for c in self.features})
+        missing = [L for L in self.layers if L not in saes]
+        if missing:
+            raise ValueError(f"validated features use layers {missing} but no SAE was loaded for them")
+        self.columns = {L: [i for i, c in enumerate(self.features) if c["layer"] == L] for L in self.layers}
+        self.ids = {L: [self.features[i]["feature"] for i in cols] for L, cols in self.columns.items()}
+        self.scale = np.array([c.get("scale", 1.0) if cfg.normalize else 1.0 for c in self.features])
+
+    def tokenize(self, examples: Sequence[Example]) -> tuple[list[Any], int]:
+        toks = [tokenize_example(self.lm.tokenizer, ex, self.cfg.max_length, self.use_chat_template)
+                for ex in examples]
+        return toks, sum(t.truncated for t in toks)
+
+    @torch.no_grad()
+    def activations(self, examples: Sequence[Example]) -> dict[str, Any]:
+        """Aggregated raw activations (n, F), counted tokens (n,) and top-token windows."""
+        toks, n_truncated = self.tokenize(examples)
+        n, F = len(toks), len(self.features)
+        acts = np.zeros((n, F), dtype=np.float64)
+        n_tokens = np.zeros(n, dtype=np.int64)
+        tops: list[list[tuple[float, int, dict[str, Any]]]] = [[] for _ in range(F)]
+        cfg = self.cfg
+        for batch in iter_activation_batches(self.lm, toks, self.layers, cfg.positions, cfg.batch_tokens,
+                                             cfg.batch_size):
+            counted = batch.counted
+            per_tok = torch.zeros(*counted.shape, F, device=counted.device)
+            for L in self.layers:
+                per_tok[..., self.columns[L]] = self.saes[L].encode(batch.resid[L], self.ids[L]).float()
+            per_tok = per_tok * counted.unsqueeze(-1)
+            if not torch.isfinite(per_tok).all():
+                bad = [examples[batch.indices[i]] for i in range(len(batch.indices))
+                       if not torch.isfinite(per_tok[i]).all()]
+                raise FloatingPointError(
+                    f"{bad[0].source}:{bad[0].line}: non-finite feature activations for example "
+                    f"{bad[0].id!r} (NaN/inf in the model's residual stream; check the model dtype)")
+            count = counted.sum(dim=1)
+            if cfg.aggregation == "max":
+                agg = per_tok.amax(dim=1)
+            else:
+                agg = per_tok.sum(dim=1)
+                if cfg.aggregation == "mean":
+                    agg = agg / count.clamp_min(1).unsqueeze(-1)
+            acts[batch.indices] = agg.double().cpu().numpy()
+            n_tokens[batch.indices] = count.cpu().numpy()
+            if cfg.top_examples > 0:
+                self._keep_tops(tops, batch, per_tok, agg, examples)
+        return {"acts": acts, "n_tokens": n_tokens, "tops": tops, "n_truncated": n_truncated}
+
+    def _keep_tops(self, tops, batch, per_tok, agg, examples) -> None:
+        k = self.cfg.top_examples
+        tok = self.lm.tokenizer
+        agg_np = agg.cpu().numpy()
+        for f in range(len(self.features)):
+            heap = tops[f]
+            for b, ex_i in enumerate(batch.indices):
+                value = float(agg_np[b, f])
+                if value <= 0 or (len(heap) >= k and value <= heap[0][0]):
+                    continue
+                length = int(batch.attention_mask[b].sum())
+                col = per_tok[b, :length, f]
+                peak = int(col.argmax())
+                lo, hi = max(0, peak - 24), min(length, peak + 24)
+                ids = batch.input_ids[b, lo:hi].tolist()
+                item = {"id": examples[ex_i].id, "value": round(value, 5),
+                        "tokens": [tok.decode([t]) for t in ids],
+                        "acts": [round(float(a), 4) for a in col[lo:hi].tolist()]}
+                entry = (value, -ex_i, item)
+                if len(heap) < k:
+                    heapq.heappush(heap, entry)
+                else:
+                    heapq.heapreplace(heap, entry)
+
+    def score(self, examples: Sequence[Example], start_index: int = 0) -> tuple[pa.Table, dict[str, list], int]:
+        """A score table for ``examples`` (indices from ``start_index``), top windows, truncated count."""
+        out = self.activations(examples)
+        norm = out["acts"] / np.where(self.scale > 0, self.scale, 1.0)
+        score = norm.mean(axis=1) if self.cfg.combine == "mean" else norm.sum(axis=1)
+        table = make_score_table([e.id for e in examples], score, out["n_tokens"],
+                                 extra={f"f:{k}": norm[:, i] for i, k in enumerate(self.keys)},
+                                 start_index=start_index)
+        tops = {}
+        for f, key in enumerate(self.keys):
+            for value, neg_i, item in out["tops"][f]:
+                tops.setdefault(key, []).append({**item, "index": start_index - neg_i})
+        return table, tops, out["n_truncated"]
+
+
+def merge_tops(parts: Sequence[dict[str, list]], k: int) -> dict[str, list]:
+    merged: dict[str, list] = {}
+    for part in parts:
+        for key, items in part.items():
+            merged.setdefault(key, []).extend(items)
+    return {key: sorted(items, key=lambda it: (-it["value"], it["index"]))[:k] for key, items in merged.items()}
+
+
+def shards(stream: Iterator[Example], size: int) -> Iterator[list[Example]]:
+    chunk: list[Example] = []
+    for ex in stream:
+        chunk.append(ex)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def source_fingerprint(source: str) -> str:
+    path = Path(source)
+    return sha256_file(path) if path.is_file() else source
+
+
+def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
+                    pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None) -> str:
+    relevant = {k: v for k, v in asdict(cfg).items()
+                if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
+    return stable_hash({
+        "model": lm_name,
+        "saes": [s.describe() for _, s in sorted(saes.items())],
+        "features": [(c["key"], c.get("scale")) for c in features.validated_features],
+        "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
+        "chat": use_chat_template, "limit": limit,
+    })
+
+
+def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool_source: str,
+               spec: DataSpec, cfg: ScoreConfig, run_dir: str | Path, *, use_chat_template: bool = True,
+               skip_bad: bool = False, limit: int | None = None, max_new_shards: int | None = None,
+               scorer: FeatureScorer | None = None) -> pa.Table | None:
+    """Score a pool into ``RUN_DIR/scores.parquet`` (resumable; returns None if stopped early).
+
+    ``max_new_shards`` stops after that many newly computed shards (used to test resume)."""
+    run_dir = Path(run_dir)
+    key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit)
+    shard_dir = run_dir / "cache" / f"scores-{key}"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    scorer = scorer or FeatureScorer(lm, saes, features, cfg, use_chat_template)
+    rejects = Rejects()
+    stream = iter_examples(pool_source, spec, skip_bad=skip_bad, rejects=rejects)
+    if limit is not None:
+        stream = (ex for i, ex in zip(range(limit), stream))
+    tables, tops, n_truncated, computed, offset = [], [], 0, 0, 0
+    bar = tqdm(desc="scoring", unit="ex", dynamic_ncols=True)
+    n_tok = 0
+    for s, chunk in enumerate(shards(stream, cfg.shard_size)):
+        path = shard_dir / f"shard-{s:05d}.parquet"
+        side = shard_dir / f"shard-{s:05d}.json"
+        if path.exists() and side.exists():
+            table = pq.read_table(path)
+            extra = read_json(side)
+            if table.num_rows != len(chunk) or table.column("id").to_pylist() != [e.id for e in chunk]:
+                raise RuntimeError(f"{path}: cached shard does not match the pool; delete {shard_dir}")
+        else:
+            if max_new_shards is not None and computed >= max_new_shards:
+                bar.close()
+                return None
+            table, shard_tops, trunc = scorer.score(chunk, offset)
+            extra = {"tops": shard_tops, "n_truncated": trunc}
+            atomic_write_json(side, extra)
+            atomic_write_parquet(path, table)
+            computed += 1
+            n_tok += int(np.asarray(table.column("n_tokens")).sum())
+        tables.append(table)
+        tops.append(extra["tops"])
+        n_truncated += extra["n_truncated"]
+        offset += len(chunk)
+        bar.update(len(chunk))
+        if bar.format_dict.get("elapsed"):
+            bar.set_postfix(tok_s=f"{n_tok / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+    bar.close()
+    if not tables:
+        raise ValueError(f"{pool_source}: the pool has no usable examples")
+    table = pa.concat_tables(tables).replace_schema_metadata({"igds": json.dumps({
+        "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
+        "normalize": cfg.normalize, "features": scorer.keys})})
+    atomic_write_parquet(run_dir / "scores.parquet", table)
+    atomic_write_json(run_dir / "top_examples.json", merge_tops(tops, cfg.top_examples))
+    stats = {"pool_size": table.num_rows, "n_truncated": n_truncated, "n_rejected": len(rejects.rows),
+             "max_length": cfg.max_length}
+    if rejects.rows:
+        from .artifacts import atomic_write_jsonl
+        atomic_write_jsonl(run_dir / "rejects.jsonl", rejects.rows)
+    atomic_write_json(shard_dir / "summary.json", stats)
+    return table
+
+
+def feature_activations(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, examples: Sequence[Example],
+                        cfg: ScoreConfig | None = None, use_chat_template: bool = True) -> np.ndarray:
+    """Raw aggregated activation of each validated feature on each example: (n, F)."""
+    cfg = cfg or ScoreConfig(top_examples=0)
+    scorer = FeatureScorer(lm, saes, features, cfg, use_chat_template)
+    return scorer.activations(examples)["acts"]

@@ -1,0 +1,88 @@
+import torch
+
+from igds.config import FilterConfig, RecallConfig
+from igds.features import FeatureSet, choose_validated, find_task_features, firing_stats, recall_candidates
+
+from planted import blank_sae, example, plant_always_on, plant_detector, tokenized
+
+TASK = [f"compute 7{i} plus 7{i + 3} and 77 more" for i in range(12)]
+REF = [f"write a short note about the river number {chr(97 + i)}" for i in range(12)]
+
+
+def _recall_sae(lm):
+    sae = blank_sae(lm, 1)
+    plant_detector(lm, sae, 5, 1, TASK, REF, "7")
+    plant_always_on(sae, 2)
+    return sae
+
+
+def test_recall_finds_planted_task_feature_not_always_on(tiny_lm):
+    sae = _recall_sae(tiny_lm)
+    task = tokenized(tiny_lm, [example(i, t, "ok") for i, t in enumerate(TASK)])
+    ref = tokenized(tiny_lm, [example(i, t, "ok") for i, t in enumerate(REF)])
+    t_stats = firing_stats(tiny_lm, {1: sae}, task)
+    r_stats = firing_stats(tiny_lm, {1: sae}, ref)
+    assert t_stats[1].freq[2] == 1.0 and r_stats[1].freq[2] == 1.0  # the always-on feature does fire
+    assert t_stats[1].freq[5] > 5 * r_stats[1].freq[5]
+    cands, table = recall_candidates(t_stats, r_stats, RecallConfig(n_candidates=4))
+    keys = [c["key"] for c in cands]
+    assert keys[0] == "L1/F5"
+    assert "L1/F2" not in keys
+    assert table.num_rows == sae.d_sae
+
+
+def _steering_sae(lm, layer, token_id):
+    """Feature 0 pushes the residual towards the unembedding of the answer token, feature 1 away."""
+    sae = blank_sae(lm, layer, d_sae=4)
+    W_U = lm.model.get_output_embeddings().weight.detach()
+    direction = torch.nn.functional.normalize(W_U[token_id], dim=0)
+    with torch.no_grad():
+        sae.W_dec[0] = direction * 3.0
+        sae.W_dec[1] = -direction * 3.0
+    plant_always_on(sae, 0)
+    plant_always_on(sae, 1)
+    return sae
+
+
+def test_filter_keeps_helpful_and_drops_harmful(tiny_lm):
+    layer = tiny_lm.n_layers - 1
+    tok = tiny_lm.tokenizer
+    answer = "zzzzzz"
+    token_id = tok.convert_tokens_to_ids(tok.tokenize("z"))[0]
+    sae = _steering_sae(tiny_lm, layer, token_id)
+    val = tokenized(tiny_lm, [example(i, f"question number {i}", answer) for i in range(10)])
+    probe = tokenized(tiny_lm, [example(i, f"probe {i}", answer) for i in range(6)])
+    ref = tokenized(tiny_lm, [example(i, f"reference {i}", "fine") for i in range(6)])
+    # The planted features fire everywhere, so recall would drop them; test the filter directly.
+    cands = [{"key": f"L{layer}/F{j}", "layer": layer, "feature": j} for j in (0, 1)]
+    from igds.features import intervention_effects
+    cfg = FilterConfig(alpha=3.0, fallback_top=0)
+    intervention_effects(tiny_lm, {layer: sae}, cands, val, cfg)
+    helpful, harmful = cands
+    assert helpful["effect"]["mean_delta"] > 0 > harmful["effect"]["mean_delta"]
+    assert helpful["effect"]["n"] == 10 and len(helpful["effect"]["per_example"]) == 10
+    validated, warnings = choose_validated(cands, cfg)
+    assert validated == [f"L{layer}/F0"] and not warnings
+    assert helpful["validated"] and not harmful["validated"]
+    del probe, ref
+
+
+def test_find_task_features_end_to_end_and_json_round_trip(tiny_lm, tmp_path):
+    sae = _recall_sae(tiny_lm)
+    task = tokenized(tiny_lm, [example(i, t, "answer 7") for i, t in enumerate(TASK)])
+    ref = tokenized(tiny_lm, [example(i, t, "fine") for i, t in enumerate(REF)])
+    fs = find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3),
+                            FilterConfig(z=0.0, fallback_top=3), stats_path=tmp_path / "stats.parquet")
+    assert fs.candidates[0]["key"] == "L1/F5"
+    assert all("effect" in c for c in fs.candidates)
+    assert fs.validated and all(c["scale"] > 0 for c in fs.validated_features)
+    assert all(c["promoted_tokens"] for c in fs.validated_features)
+    fs.save(tmp_path / "features.json")
+    again = FeatureSet.load(tmp_path / "features.json")
+    assert again.validated == fs.validated and again.candidates == fs.candidates
+
+
+def test_filter_disabled_keeps_every_candidate():
+    cands = [{"key": "L1/F1"}, {"key": "L1/F2"}]
+    validated, _ = choose_validated(cands, FilterConfig(enabled=False))
+    assert validated == ["L1/F1", "L1/F2"]
