@@ -1,0 +1,87 @@
+"""The CLI end to end on a tiny model saved to disk, with a planted SAE."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from igds.cli import main
+
+from planted import blank_sae, plant_always_on, plant_detector
+
+TASK = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(16)]
+REF = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "it is green"} for i in range(12)]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def setup(tiny_lm, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_lm.model.save_pretrained(model_dir)
+    tiny_lm.tokenizer.save_pretrained(model_dir)
+    sae = blank_sae(tiny_lm, 1)
+    plant_detector(tiny_lm, sae, 5, 1, [r["instruction"] for r in TASK], [r["instruction"] for r in REF], "7")
+    plant_always_on(sae, 2)
+    sae.save(tmp_path / "sae")
+    pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
+             "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(20)]
+    return {"model": str(model_dir), "sae": str(tmp_path / "sae"), "task": _write(tmp_path / "task.jsonl", TASK),
+            "ref": _write(tmp_path / "ref.jsonl", REF), "pool": _write(tmp_path / "pool.jsonl", pool),
+            "out": str(tmp_path / "run"), "pool_rows": pool}
+
+
+def _run(s, *extra):
+    return main(["run", "--model", s["model"], "--sae", s["sae"], "--task-data", s["task"], "--reference", s["ref"],
+                 "--pool", s["pool"], "--ratio", "0.5", "--out", s["out"], "--no-report",
+                 "filter.validation_size=6", "filter.enabled=false", "recall.n_candidates=4", "score.shard_size=8", *extra])
+
+
+def test_run_writes_features_scores_selection(setup, capsys):
+    assert _run(setup) == 0
+    out = capsys.readouterr().out
+    assert "selection:" in out and "10 examples" in out
+    fs = json.loads(open(setup["out"] + "/features.json").read())
+    assert fs["candidates"][0]["key"] == "L1/F5" and fs["validated"]
+    table = pq.read_table(setup["out"] + "/scores.parquet")
+    assert table.num_rows == 20
+    selected = [json.loads(line) for line in open(setup["out"] + "/selection.jsonl")]
+    assert len(selected) == 10 and all("igds_score" in r for r in selected)
+    # the pool's own dialect comes back: prompt/completion records with their extra fields
+    assert set(selected[0]) == {"id", "prompt", "completion", "source", "igds_score"}
+    assert sum(r["source"] == "math" for r in selected) >= 8
+    assert (setup["out"] + "/config.yaml") and json.loads(open(setup["out"] + "/run.json").read())["pool_size"] == 20
+
+
+def test_rerun_reuses_finished_stages(setup, capsys):
+    assert _run(setup) == 0
+    before = open(setup["out"] + "/scores.parquet", "rb").read()
+    capsys.readouterr()
+    assert _run(setup) == 0
+    assert "features: reusing" in capsys.readouterr().out
+    assert open(setup["out"] + "/scores.parquet", "rb").read() == before
+
+
+def test_select_another_budget_without_recomputing(setup, capsys):
+    assert _run(setup) == 0
+    assert main(["select", setup["out"], "--budget", "3"]) == 0
+    rows = [json.loads(line) for line in open(setup["out"] + "/selection_n3.jsonl")]
+    assert len(rows) == 3
+    scores = [r["igds_score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_bad_pool_line_is_reported_with_file_and_line(setup, tmp_path, capsys):
+    bad = tmp_path / "bad_pool.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": 3}\n')
+    setup["pool"] = str(bad)
+    assert _run(setup) == 2
+    assert "bad_pool.jsonl:2: field 'completion': expected a string, got int" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_an_error(setup, capsys):
+    assert _run(setup, "recall.n_candidatez=3") == 2
+    assert "unknown config key" in capsys.readouterr().err
