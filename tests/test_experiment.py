@@ -1,0 +1,176 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from igds import experiment as ex
+from igds.data import load_examples
+from igds.experiment import (ExperimentConfig, amplification, build_results, correlation, load_experiment_config,
+                             mean_std, results_markdown, summarize)
+
+pytest.importorskip("peft")
+
+
+class FakeTask:
+    """Stands in for a built-in task: reads prompt/completion files, one metric."""
+
+    name = "fake"
+    metric = "exact_match"
+
+    def load(self, path, limit=None):
+        return load_examples(path, limit=limit)
+
+
+def _write(path, n, prefix):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"{prefix}{i}", "prompt": f"Q{i}: add {i} and {i}",
+                                "completion": " ".join(["x"] * (1 + i % 5))}) + "\n")
+    return str(path)
+
+
+def _fake_eval(lm, task, examples, cfg):
+    # a deterministic function of the weights, so that different fine-tunes differ
+    w = float(next(lm.model.parameters()).detach().abs().sum())
+    return {"exact_match": (w * 1000) % 1.0, "ref_loss": 1.0 + (w % 0.1)}
+
+
+def _fake_baseline(method, lm, pool, seed, options, cfg):
+    from igds.selection import make_score_table
+
+    if method == "random":
+        scores = np.random.default_rng(seed).random(len(pool))
+    else:  # longest
+        scores = [len(e.response) for e in pool]
+    return make_score_table([e.id for e in pool], scores, [0] * len(pool), meta={"method": method})
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_lm, monkeypatch):
+    monkeypatch.setattr(ex, "evaluate_model", _fake_eval)
+    monkeypatch.setattr(ex, "baseline_table", _fake_baseline)
+    calls = []
+    real = ex.train_model
+
+    def counting(*a, **kw):
+        calls.append(a[3])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ex, "train_model", counting)
+    cfg = load_experiment_config(None, {
+        "out": str(tmp_path / "run"), "task": "fake",
+        "pool": {"path": _write(tmp_path / "pool.jsonl", 10, "p")},
+        "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "t")], "limit": 3},
+        "methods": ["random", "longest", "full"], "ratios": [0.5], "seeds": [0, 1],
+        "finetune": {"max_steps": 2, "batch_size": 2, "lora_r": 2, "progress": False, "save": False},
+        "amplification": {"enabled": False}, "report": False})
+    return cfg, calls, tiny_lm
+
+
+def test_runner_resumes_without_redoing_runs(setup):
+    cfg, calls, lm = setup
+    first = ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    # random x 2 seeds, longest x 2 seeds, full x 2 seeds
+    assert len(calls) == 6
+    assert {(r["method"], r["ratio"], r["seed"]) for r in first["runs"]} == {
+        ("random", 0.5, 0), ("random", 0.5, 1), ("longest", 0.5, 0), ("longest", 0.5, 1),
+        ("full", 1.0, 0), ("full", 1.0, 1)}
+    assert all(r["n_train"] == (10 if r["method"] == "full" else 5) for r in first["runs"])
+    exp_dir = ex.Path(cfg.out) / "experiment"
+    md1 = (exp_dir / "results.md").read_text()
+    csv1 = (exp_dir / "results.csv").read_text()
+    # random selections differ by seed; longest is the same subset for both seeds
+    sel = {r["run"]: json.loads((exp_dir / "runs" / r["run"] / "selection.json").read_text())["indices"]
+           for r in first["runs"]}
+    assert sel["random-r0.5-s0"] != sel["random-r0.5-s1"]
+    assert sel["longest-r0.5-s0"] == sel["longest-r0.5-s1"]
+    assert (ex.Path(cfg.out) / "baselines" / "random.parquet").exists()
+    assert (ex.Path(cfg.out) / "baselines" / "random-seeds" / "seed-1.parquet").exists()
+
+    calls.clear()
+    second = ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    assert calls == []
+    assert (exp_dir / "results.md").read_text() == md1
+    assert (exp_dir / "results.csv").read_text() == csv1
+    assert {k: v for k, v in second.items() if k != "wall_s"} == {k: v for k, v in first.items() if k != "wall_s"}
+
+    # an interrupted experiment: one result missing -> exactly that run is redone
+    (exp_dir / "runs" / "longest-r0.5-s1" / "result.json").unlink()
+    ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    assert len(calls) == 1 and "longest-r0.5-s1" in str(calls[0])
+
+    # a setting that changes the numbers invalidates the runs it touches
+    calls.clear()
+    cfg.finetune.max_steps = 3
+    ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    assert len(calls) == 6
+
+
+def test_mean_std_and_markdown_cells_from_known_numbers():
+    runs = [
+        {"run": f"igds-r0.5-s{s}", "method": "igds", "ratio": 0.5, "seed": s, "n_train": 50,
+         "metrics": {"exact_match": em, "ref_loss": rl}, "feature_amplification": amp, "feature_log_ratio": None,
+         "finetune": {"seconds": 1.0}}
+        for s, em, rl, amp in [(0, 0.10, 2.0, 0.1), (1, 0.20, 1.0, 0.3), (2, 0.30, 3.0, 0.2)]
+    ] + [{"run": "random-r0.5-s0", "method": "random", "ratio": 0.5, "seed": 0, "n_train": 50,
+          "metrics": {"exact_match": 0.05, "ref_loss": 2.5}, "feature_amplification": 0.0,
+          "feature_log_ratio": None, "finetune": {}}]
+    base = {"metrics": {"exact_match": 0.02, "ref_loss": 3.5}}
+    res = build_results(ExperimentConfig(name="t", task="math"), "exact_match", base, runs)
+    cell = next(c for c in res["summary"] if c["method"] == "igds")
+    assert cell["n"] == 3
+    assert cell["metrics"]["exact_match"]["mean"] == pytest.approx(0.2)
+    assert cell["metrics"]["exact_match"]["std"] == pytest.approx(0.1)  # sample std of .1,.2,.3
+    assert cell["metrics"]["ref_loss"]["std"] == pytest.approx(1.0)
+    assert cell["task_gain"]["mean"] == pytest.approx(0.18)
+    rnd = next(c for c in res["summary"] if c["method"] == "random")
+    assert rnd["n"] == 1 and rnd["metrics"]["exact_match"]["std"] is None
+    md = results_markdown(res)
+    assert "| igds | 0.5 | 3 | 50 | 0.2000 ± 0.1000 | 2.0000 ± 1.0000 | 0.1800 ± 0.1000 | 0.2000 ± 0.1000 |" in md
+    assert "| random | 0.5 | 1 | 50 | 0.0500 | 2.5000 | 0.0300 | 0.0000 |" in md
+    assert "| base (no fine-tuning) | – | – | – | 0.0200 | 3.5000 | – | – |" in md
+    # correlation of amplification with gain over the 4 runs
+    gains = [0.08, 0.18, 0.28, 0.03]
+    amps = [0.1, 0.3, 0.2, 0.0]
+    from scipy import stats
+
+    assert res["correlation"]["n"] == 4
+    assert res["correlation"]["pearson"] == pytest.approx(stats.pearsonr(amps, gains).statistic)
+    assert res["correlation"]["spearman"] == pytest.approx(0.8)
+
+
+def test_amplification_is_geometric_mean_relative_rise():
+    out = amplification([1.0, 2.0], np.array([2.0, 8.0]), eps=0.0)
+    # ratios 2 and 4: geometric mean sqrt(8)
+    assert out["feature_amplification"] == pytest.approx(math.sqrt(8) - 1)
+    assert out["feature_log_ratio"] == pytest.approx(math.log(8) / 2)
+    assert out["feature_ratios"] == pytest.approx([2.0, 4.0])
+    assert amplification(None, np.ones(2), 1e-6)["feature_amplification"] is None
+
+
+def test_correlation_needs_three_varying_points():
+    assert correlation([0.1, 0.2], [1.0, 2.0])["pearson"] is None
+    assert correlation([0.1, 0.2, None, 0.3], [1.0, 1.0, 5.0, 1.0])["pearson"] is None
+    c = correlation([1, 2, 3, None], [2, 4, 7, 1])
+    assert c["n"] == 3 and c["spearman"] == pytest.approx(1.0)
+
+
+def test_mean_std_single_and_empty():
+    assert mean_std([0.5]) == (0.5, None, 1)
+    m, s, n = mean_std([])
+    assert math.isnan(m) and s is None and n == 0
+    assert summarize([], "x") == []
+
+
+def test_config_errors_name_the_field(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("pool: {path: a.jsonl}\neval: {paths: [b.jsonl]}\nmethods: [igds, best]\ntask_data: {path: c}\n")
+    with pytest.raises(ValueError, match="methods.*best"):
+        load_experiment_config(p)
+    with pytest.raises(ValueError, match="ratios"):
+        load_experiment_config(p, ["methods=[random]", "ratios=[1.5]"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_experiment_config(p, ["finetune.lora_rank=4"])
+    cfg = load_experiment_config(p, ["methods=[random]", "finetune.epochs=1", "seeds=[0,1,2]"])
+    assert cfg.finetune.epochs == 1 and cfg.seeds == [0, 1, 2]
