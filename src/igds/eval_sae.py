@@ -1,0 +1,268 @@
+"""How good is an SAE on held-out text: reconstruction, sparsity, dead latents, and loss.
+
+For each batch three full forwards run on the same tokens:
+
+* clean - the model as is; the residual after block L is captured here;
+* recon - that residual replaced by the SAE reconstruction at the counted positions;
+* zero  - that residual replaced by zeros at the same positions.
+
+Counted positions are those igds scores everywhere: never padding, never the
+first token, never special tokens, and never tokens above the SAE's stored norm
+ceiling (``metadata.norm_threshold`` for igds-trained SAEs: attention-sink tokens
+whose norm is ~100x the median, which the SAE never saw). Only counted positions
+are replaced, and the next-token loss is averaged over counted positions that
+have a next token. Metrics:
+
+* ``fve`` - fraction of variance explained: ``1 - sum|x - x_hat|^2 / sum|x - mean(x)|^2``
+  over the counted tokens of the whole evaluation set;
+* ``l0`` - mean number of active latents per counted token;
+* ``dead_fraction`` - latents that never fire on the evaluation tokens;
+* ``loss_recovered`` - ``(L_zero - L_recon) / (L_zero - L_clean)``: 1 = the splice
+  costs nothing, 0 = as bad as deleting the residual.
+
+Entry points: :func:`evaluate_sae` (objects in memory) and :func:`run_eval`
+(names and files, what ``igds eval-sae`` calls); ``python -m igds.eval_sae --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .activations import count_mask, length_batches, pad
+from .data import Example, TokenizedExample, tokenize_example
+from .sae import SAE, check_compatible
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def _splice(block: torch.nn.Module, positions: torch.Tensor, values: torch.Tensor | None,
+            capture: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """Replace the block output at ``positions`` (B, S bool) by ``values`` (n, d); ``None`` = keep.
+
+    With ``capture`` the (unmodified) block output is stored under ``"h"``."""
+
+    def hook(_module: Any, _args: Any, output: Any) -> Any:
+        h = _hidden(output)
+        if capture is not None:
+            capture["h"] = h.detach()
+        if values is None:
+            return None
+        new = h.clone()
+        new[positions] = values.to(new.dtype)
+        if isinstance(output, tuple):
+            return (new, *output[1:])
+        if isinstance(output, list):
+            return [new, *output[1:]]
+        return new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _token_loss(logits: torch.Tensor, ids: torch.Tensor, at: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token cross-entropy of the predictions made at positions ``at`` (B, S-1 bool)."""
+    lg = logits[:, :-1][at].float()
+    tgt = ids[:, 1:][at]
+    return float(F.cross_entropy(lg, tgt, reduction="sum")), int(tgt.numel())
+
+
+def _tokenize_all(lm: Any, examples: Sequence[Example | TokenizedExample | str], max_length: int,
+                  use_chat_template: bool) -> list[TokenizedExample]:
+    out = []
+    for ex in examples:
+        if isinstance(ex, TokenizedExample):
+            out.append(TokenizedExample(ex.ids[:max_length], min(ex.prompt_len, max_length), ex.truncated))
+        elif isinstance(ex, str):
+            ids = lm.tokenizer(ex, add_special_tokens=True)["input_ids"]
+            out.append(TokenizedExample(ids[:max_length], 0, len(ids) > max_length))
+        else:
+            out.append(tokenize_example(lm.tokenizer, ex, max_length, use_chat_template))
+    return [e for e in out if len(e.ids) >= 2]
+
+
+@torch.no_grad()
+def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExample | str], *,
+                 layer: int | None = None, max_length: int = 512, max_tokens: int = 4096, max_batch: int = 16,
+                 max_norm: float | str | None = "auto", use_chat_template: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
+    """Quality of ``sae`` at ``layer`` (default: the SAE's own) on ``examples``; a JSON-ready dict.
+
+    ``max_norm``: tokens whose residual norm exceeds it are not counted; ``"auto"`` uses
+    the SAE's ``metadata.norm_threshold`` when it has one, ``None`` counts every token."""
+    layer = sae.layer if layer is None else layer
+    if layer is None:
+        raise ValueError("the SAE does not say which layer it reads; pass layer=")
+    sae_dev = sae.W_enc.device
+    check_compatible(sae, lm.d_model, lm.n_layers, source=str(sae.metadata.get("source", "SAE")))
+    if max_norm == "auto":
+        thr = sae.metadata.get("norm_threshold")
+        max_norm = float(thr) if thr is not None else None
+    toks = _tokenize_all(lm, examples, max_length, use_chat_template)
+    if not toks:
+        raise ValueError("no evaluation examples with at least 2 tokens")
+    tok = lm.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    special = list(getattr(tok, "all_special_ids", []) or [])
+    block = lm.blocks[layer]
+    d = sae.d_in
+    n_tok = n_excl = 0
+    sse = 0.0
+    sum_x = torch.zeros(d, dtype=torch.float64)
+    sum_sq = 0.0
+    l0_sum = 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    loss = {"clean": 0.0, "recon": 0.0, "zero": 0.0}
+    n_loss = 0
+    t0 = time.perf_counter()
+    batches = length_batches([len(e.ids) for e in toks], max_tokens, max_batch)
+    from tqdm.auto import tqdm
+
+    for idx in tqdm(batches, desc="eval SAE", disable=not progress, file=sys.stderr):
+        group = [toks[i] for i in idx]
+        ids, mask = pad(group, pad_id)
+        counted = count_mask(group, ids.shape[1], "all", True, special, ids)
+        ids_d, mask_d = ids.to(lm.device), mask.to(lm.device)
+        cap: dict[str, torch.Tensor] = {}
+        with _splice(block, counted, None, capture=cap):
+            logits_clean = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
+        h = cap["h"].float().cpu()
+        if max_norm is not None:
+            too_big = counted & (h.norm(dim=-1) > max_norm)
+            n_excl += int(too_big.sum())
+            counted = counted & ~too_big
+        x = h[counted]
+        if x.shape[0] == 0:
+            continue
+        acts = sae.encode(x.to(sae_dev))
+        recon = sae.decode(acts).float().cpu()
+        sse += float((x - recon).double().pow(2).sum())
+        sum_x += x.double().sum(0)
+        sum_sq += float(x.double().pow(2).sum())
+        n_tok += x.shape[0]
+        active = (acts > 0).cpu()
+        l0_sum += float(active.sum())
+        fired |= active.any(0)
+        # predictions made at counted positions that have a next (non-padding) token
+        at = counted[:, :-1] & mask[:, 1:].bool()
+        pos = counted.to(lm.device)
+        with _splice(block, pos, recon.to(lm.device)):
+            logits_recon = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
+        with _splice(block, pos, torch.zeros_like(recon).to(lm.device)):
+            logits_zero = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
+        at_d = at.to(lm.device)
+        for name, lg in (("clean", logits_clean), ("recon", logits_recon), ("zero", logits_zero)):
+            s, n = _token_loss(lg, ids_d, at_d)
+            loss[name] += s
+        n_loss += n
+    if n_tok == 0:
+        raise ValueError("no counted tokens in the evaluation data (all were first/special/padding/over max_norm)")
+    total_var = sum_sq - float(sum_x.pow(2).sum()) / n_tok
+    ce = {k: v / max(n_loss, 1) for k, v in loss.items()}
+    denom = ce["zero"] - ce["clean"]
+    return {
+        "sae": str(sae.metadata.get("source", "")),
+        "model": getattr(lm, "name", ""),
+        "layer": layer,
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "k": sae.k,
+        "n_examples": len(toks),
+        "n_tokens": n_tok,
+        "n_tokens_over_max_norm": n_excl,
+        "max_norm": max_norm,
+        "fve": 1.0 - sse / total_var if total_var > 0 else None,
+        "mse": sse / (n_tok * d),
+        "l0": l0_sum / n_tok,
+        "dead_fraction": 1.0 - float(fired.float().mean()),
+        "n_dead": int((~fired).sum()),
+        "n_loss_tokens": n_loss,
+        "ce_clean": ce["clean"],
+        "ce_recon": ce["recon"],
+        "ce_zero": ce["zero"],
+        "ce_delta": ce["recon"] - ce["clean"],
+        "loss_recovered": (ce["zero"] - ce["recon"]) / denom if abs(denom) > 1e-9 else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def load_eval_examples(lm: Any, data: Sequence[str], limit: int | None, max_length: int, seed: int = 0,
+                       use_chat_template: bool = True) -> list[TokenizedExample]:
+    """Read evaluation files (``PATH[::key=value,...]`` as in :func:`igds.train_sae.parse_source`)."""
+    import random
+
+    from .train_sae import TrainSAEConfig, _source_texts, parse_source
+
+    cfg = TrainSAEConfig(max_length=max_length, use_chat_template=use_chat_template)
+    rng = random.Random(seed)
+    out: list[TokenizedExample] = []
+    for spec in data:
+        src = parse_source(spec)
+        if src.limit is None:
+            src.limit = limit
+        out += _source_texts(src, lm.tokenizer, cfg, rng)
+    if not out:
+        raise ValueError(f"no evaluation examples in {list(data)}")
+    return out
+
+
+def run_eval(model: str, sae: str, data: Sequence[str], *, layer: int | None = None, limit: int | None = 200,
+             max_length: int = 512, seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Load ``model`` and ``sae`` (a path, ``default`` or ``release/sae_id``) and evaluate on ``data``.
+
+    ``limit`` takes a seeded random subset of that many records per file."""
+    from .model import load_model
+    from .sae import load_sae
+
+    lm = load_model(model, device=device)
+    s = load_sae(sae, model_name=lm.name, layer=layer, device=lm.device)
+    examples = load_eval_examples(lm, data, limit, max_length, seed)
+    result = evaluate_sae(lm, s, examples, layer=layer, max_length=max_length, progress=progress)
+    result["data"] = list(data)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m igds.eval_sae", description="Evaluate an SAE on held-out text.")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--sae", default="default", help="SAE folder, 'default' (shipped SAE) or release/sae_id")
+    p.add_argument("--data", action="append", required=True, help="file; repeatable; FILE::limit=N,prompt_field=..")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--limit", type=int, default=200, help="records per file (seeded random subset)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    try:
+        res = run_eval(args.model, args.sae, args.data, layer=args.layer, limit=args.limit,
+                       max_length=args.max_length, seed=args.seed, device=args.device, progress=not args.json)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for key in ("sae", "layer", "n_tokens", "fve", "l0", "dead_fraction", "ce_clean", "ce_recon", "ce_zero",
+                    "loss_recovered"):
+            v = res[key]
+            print(f"{key:>16}: {v:.4f}" if isinstance(v, float) else f"{key:>16}: {v}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
