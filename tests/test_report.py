@@ -47,6 +47,7 @@ def make_synthetic_run(root: Path, n_pool: int = 240, seed: int = 0) -> Path:
     run = root / "run"
     run.mkdir(parents=True)
     cands = [_cand(k, i + 1, rng) for i, k in enumerate(VALIDATED + DROPPED)]
+    cands[-1]["effect"].update(se=float("nan"), ci_low=float("nan"), ci_high=float("nan"))  # n=1: no spread
     atomic_write_json(run / "features.json", {
         "model": "tiny-llama",
         "saes": [{"layer": 3, "architecture": "jumprelu", "d_in": 64, "d_sae": 256, "k": None,
@@ -77,16 +78,17 @@ def make_synthetic_run(root: Path, n_pool: int = 240, seed: int = 0) -> Path:
     sel = select_indices(table, ratio=0.5)
     atomic_write_jsonl(run / "selection.jsonl", [{**pool[i], "igds_score": float(score[i])} for i in sel])
     toks = ["The", " answer", " is", " <b>", "7", "</b>", "\n", "<script>alert(1)</script>", " done"]
-    top = {k: [{"index": int(i), "id": ids[i], "max_act": 4.5 - j, "tokens": toks,
+    top = {k: [{"index": int(i), "id": ids[i], "value": float(score[i]), "tokens": toks,
                 "acts": [0.0, 0.5, 1.25, 4.5 - j, 2.0, 0.0, 0.0, 3.0, 0.1]} for j, i in enumerate(sel[:6])]
            for k in VALIDATED}
     atomic_write_json(run / "top_examples.json", top)
-    atomic_write_text(run / "config.yaml", f"model: tiny-llama\nlayers: [3, 5]\npool:\n  path: {root / 'pool.jsonl'}\n"
-                                           "select:\n  ratio: 0.5\nseed: 0\n")
+    atomic_write_text(run / "config.yaml", f"model:\n  name: tiny-llama\nsae:\n  layers: [3, 5]\n"
+                                           f"pool:\n  path: {root / 'pool.jsonl'}\n  limit: null\n"
+                                           "select:\n  ratio: 0.5\n  budget: null\nseed: 0\n")
     atomic_write_json(run / "run.json", {"versions": {"igds": "0.1.0", "torch": "2.13.0", "transformers": "5.23"},
-                                         "timings": {"features": 41.5, "scoring": 130.2, "selection": 0.4},
-                                         "wall_s": 172.1, "started_at": "2026-11-24T05:00:00Z", "pool_size": n_pool,
-                                         "n_truncated": 3, "n_rejected": 1})
+                                         "timings_s": {"features": 41.5, "scoring": 130.2, "selection": 0.4},
+                                         "wall_s": 172.1, "device": "cpu", "dtype": "float32", "started_at": "2026-11-24T05:00:00Z", "pool_size": n_pool,
+                                         "n_truncated": 3, "n_rejected": 0})
     write_score_table(run / "baselines" / "random.parquet",
                       make_score_table(ids, rng.random(n_pool), n_tokens, meta={"method": "random"}))
     write_score_table(run / "baselines" / "longest.parquet",
@@ -150,6 +152,7 @@ def test_report_content(run_dir: Path) -> None:
     assert 'id="length-correlation"' in page and "Pearson r = <strong>" in page
     assert "Mix by <code>source_dataset</code>" in page and "sharegpt-math" in page
     assert "<td>random</td>" in page and "<td>longest</td>" in page
+    assert "2 min 52 s" in page and "cpu · float32" in page
     # experiment: correlation from results.json, results table
     assert "Pearson r = <strong>+0.987</strong>, Spearman ρ = <strong>+0.953</strong>, n = 12" in page
     assert 'id="results-table"' in page and "base model" in page
@@ -282,3 +285,43 @@ def test_renders_in_headless_chromium(run_dir: Path, chromium: str, tmp_path: Pa
     assert float(img[..., :3].std()) > 0.05  # not a blank page
     if keep := os.environ.get("IGDS_REPORT_SCREENSHOT"):  # for looking at it by hand
         shutil.copy(shot, keep)
+
+
+def test_pool_mix_falls_back_to_selection_when_rows_were_rejected(run_dir: Path) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    atomic_write_json(run_dir / "run.json", {**info, "n_rejected": 2})
+    page = render_report(run_dir)
+    assert "Mix by <code>source_dataset</code> (pool vs selection)" not in page
+    assert "Mix of the selection by <code>source_dataset</code>" in page
+
+
+def test_report_of_a_real_pipeline_run(tiny_lm, tmp_path: Path) -> None:
+    """`igds run` on the tiny model with a planted SAE writes report.html from its real artifacts."""
+    from planted import blank_sae, plant_always_on, plant_detector
+
+    from igds.cli import main
+
+    task = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(12)]
+    ref = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "green"} for i in range(10)]
+    pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a <b>colour</b> {i}",
+             "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(16)]
+    tiny_lm.model.save_pretrained(tmp_path / "model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
+    sae = blank_sae(tiny_lm, 1)
+    plant_detector(tiny_lm, sae, 5, 1, [r["instruction"] for r in task], [r["instruction"] for r in ref], "7")
+    plant_always_on(sae, 2)
+    sae.save(tmp_path / "sae")
+    for name, rows in (("task", task), ("ref", ref), ("pool", pool)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae"),
+                 "--task-data", str(tmp_path / "task.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
+                 "--pool", str(tmp_path / "pool.jsonl"), "--ratio", "0.5", "--out", str(out),
+                 "filter.enabled=false", "recall.n_candidates=4", "score.shard_size=8"]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="card-L1-F5"' in page and "causal filter was off" in page
+    assert "8 of 16 (50.0%)" in page and "Mix by <code>source</code> (pool vs selection)" in page
+    assert re.search(r'<span class="tok" style="background:rgba\(255,140,0,[0-9.]+\)" title="[0-9.e-]+" '
+                     r'data-act="[0-9.e-]+">7</span>', page)
+    assert "experiment/results.json</code> not found" in page
+    _no_remote_loads(page)

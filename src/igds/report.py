@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -402,12 +403,23 @@ def _duration(s: Any) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
+def _timings(run: dict[str, Any]) -> dict[str, Any]:
+    t = run.get("timings_s", run.get("timings"))
+    return t if isinstance(t, dict) else {}
+
+
+def _config_value(cfg: dict[str, Any] | None, section: str, key: str) -> Any:
+    """``cfg[section][key]`` (the layout config.yaml has), else None."""
+    sec = (cfg or {}).get(section)
+    return sec.get(key) if isinstance(sec, dict) else None
+
+
 def _run_time(run: dict[str, Any]) -> str | None:
     for k in ("wall_s", "wall_seconds", "elapsed_s", "duration_s", "total_s"):
         if _is_num(run.get(k)):
             return _duration(run[k])
-    t = run.get("timings")
-    if isinstance(t, dict):
+    t = _timings(run)
+    if t:
         for k in ("total", "total_s", "wall_s"):
             if _is_num(t.get(k)):
                 return _duration(t[k])
@@ -435,17 +447,21 @@ def _selection_budget(d: RunData) -> tuple[int | None, str]:
     n = d.scores.num_rows
     if d.selection is not None and 0 < len(d.selection) <= n:
         return len(d.selection), "selection.jsonl"
-    ratio = _find(d.config, ("ratio",)) if d.config else None
+    budget = _config_value(d.config, "select", "budget")
+    if _is_num(budget) and 0 < budget <= n:
+        return int(budget), "select.budget in config.yaml"
+    ratio = _config_value(d.config, "select", "ratio")
     if _is_num(ratio) and 0 < ratio <= 1:
-        return max(1, int(math.floor(ratio * n + 0.5))), "config ratio"
+        return max(1, int(math.floor(ratio * n + 0.5))), "select.ratio in config.yaml"
     return None, ""
 
 
 def _section_summary(d: RunData) -> str:
     f, run, cfg = d.features or {}, d.run or {}, d.config or {}
     facts: list[tuple[str, str]] = []
-    model = f.get("model") or _find(cfg, ("model", "model_name"))
-    facts.append(("Model", _e(model) if model else "—"))
+    model = f.get("model") or run.get("model") or _config_value(cfg, "model", "name")
+    device = " · ".join(_e(run[k]) for k in ("device", "dtype") if run.get(k))
+    facts.append(("Model", (_e(model) if model else "—") + (f" <span class='muted'>{device}</span>" if device else "")))
     saes = f.get("saes") or []
     if saes:
         parts = []
@@ -478,7 +494,7 @@ def _section_summary(d: RunData) -> str:
         facts.append(("Selected", f"{k:,} of {d.scores.num_rows:,} ({k / d.scores.num_rows:.1%}) "
                                    f"<span class='muted'>from {_e(src)}</span>"))
     else:
-        ratio = _find(cfg, ("ratio",))
+        ratio = _config_value(cfg, "select", "ratio")
         facts.append(("Ratio", _fmt(ratio) if ratio is not None else "—"))
     if f:
         facts.append(("Features", f"{len(f.get('candidates', []))} candidates → "
@@ -499,8 +515,8 @@ def _section_summary(d: RunData) -> str:
     if warnings:
         out.append('<div class="warn"><strong>Warnings</strong><ul>'
                    + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>")
-    t = run.get("timings")
-    if isinstance(t, dict) and t:
+    t = _timings(run)
+    if t:
         out.append('<table class="compact"><thead><tr><th>stage</th><th>time</th></tr></thead><tbody>'
                    + "".join(f"<tr><td>{_e(k)}</td><td class='num'>{_duration(v)}</td></tr>" for k, v in t.items())
                    + "</tbody></table>")
@@ -526,20 +542,28 @@ def _np_link(feats: dict[str, Any], cand: dict[str, Any]) -> str:
 
 
 def _effect_plot(cands: list[dict[str, Any]], validated: set[str]) -> str:
-    rows = [c for c in cands if isinstance(c.get("effect"), dict) and _is_num(c["effect"].get("mean_delta"))]
+    rows = [c for c in cands if isinstance(c.get("effect"), dict) and _is_num(c["effect"].get("mean_delta"))
+            and math.isfinite(c["effect"]["mean_delta"])]
     if not rows:
         return _na("intervention effects: no candidate has an <code>effect.mean_delta</code>.")
     rows = sorted(rows, key=lambda c: c["effect"]["mean_delta"])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, max(1.8, 0.2 * len(rows) + 0.9)))
-    use_ci = all(_is_num(c["effect"].get("ci_low")) and _is_num(c["effect"].get("ci_high")) for c in rows)
+    def finite(x: Any) -> bool:
+        return _is_num(x) and math.isfinite(x)
+
+    def has_ci(eff: dict[str, Any]) -> bool:
+        return finite(eff.get("ci_low")) and finite(eff.get("ci_high"))
+
+    n_ci = sum(has_ci(c["effect"]) for c in rows)
     for i, c in enumerate(rows):
         eff = c["effect"]
         m = eff["mean_delta"]
-        if use_ci:
+        if has_ci(eff):
             err = [[m - eff["ci_low"]], [eff["ci_high"] - m]]
         else:
-            err = [[eff.get("se") or 0.0], [eff.get("se") or 0.0]]
+            se = eff.get("se") if finite(eff.get("se")) else 0.0
+            err = [[se], [se]]
         col = KEPT if c["key"] in validated else DROPPED
         ax.errorbar([m], [i], xerr=err, fmt="o", color=col, ms=4, capsize=2, lw=1)
     ax.axvline(0, color="#555", lw=0.8)
@@ -547,7 +571,8 @@ def _effect_plot(cands: list[dict[str, Any]], validated: set[str]) -> str:
     ax.set_ylim(-0.7, len(rows) - 0.3)
     metric = rows[0]["effect"].get("metric", "loss")
     ax.set_xlabel(f"mean Δ {metric} under amplification (base − amplified; > 0 helps)")
-    ax.set_title(f"Intervention effect ({'95% CI' if use_ci else '± 1 se'})")
+    bars = "95% CI" if n_ci == len(rows) else "± 1 se" if n_ci == 0 else "95% CI, else ± 1 se"
+    ax.set_title(f"Intervention effect ({bars})")
     from matplotlib.lines import Line2D
 
     ax.legend(handles=[Line2D([], [], color=KEPT, marker="o", lw=0, label="kept"),
@@ -620,7 +645,7 @@ def _section_features(d: RunData) -> str:
         eff = c.get("effect") or {}
         kept = c["key"] in validated
         ci = (f"[{_fmt(eff.get('ci_low'), '+.2g')}, {_fmt(eff.get('ci_high'), '+.2g')}]"
-              if eff.get("ci_low") is not None else "—")
+              if _is_num(eff.get("ci_low")) and math.isfinite(eff["ci_low"]) else "—")
         status = ('<td data-v="1"><span class="pill kept">kept</span></td>' if kept else
                   '<td data-v="0"><span class="pill dropped">dropped</span></td>')
         anchor = f'<a href="#card-{_e(c["key"]).replace("/", "-")}">{_e(c["key"])}</a>' if kept else _e(c["key"])
@@ -636,9 +661,11 @@ def _section_features(d: RunData) -> str:
         if isinstance(f.get(name), dict):
             cfg_bits.append(f"<details><summary>{name} settings</summary><pre>"
                             f"{_e(json.dumps(f[name], indent=2, ensure_ascii=False))}</pre></details>")
-    intro = (f"<p>{len(cands)} features recalled by frequency on the task probe vs the reference text; "
-             f"<strong>{len(validated)}</strong> kept after amplification changed the task metric for the better. "
-             "Click a column header to sort.</p>")
+    tested = any(isinstance(c.get("effect"), dict) for c in cands)
+    how = ("kept after amplification changed the task metric for the better" if tested else
+           "kept without an interventional test (the causal filter was off)")
+    intro = (f"<p>{len(cands)} feature{'s' if len(cands) != 1 else ''} recalled by frequency on the task probe vs "
+             f"the reference text; <strong>{len(validated)}</strong> {how}. Click a column header to sort.</p>")
     plots = (f'<div class="plots"><div class="col">{_effect_plot(cands, validated)}{_layer_plot(cands, validated)}'
              f'</div>{_freq_scatter(d, cands, validated)}</div>')
     return intro + table + "".join(cfg_bits) + plots
@@ -680,10 +707,11 @@ def _act_hist(values: np.ndarray, key: str) -> str:
 def _card(d: RunData, c: dict[str, Any]) -> str:
     key = c["key"]
     eff = c.get("effect") or {}
+    effect = (f"mean Δ <strong>{_fmt(eff.get('mean_delta'), '+.3g')}</strong> ± {_fmt(eff.get('se'), '.2g')}"
+              f" (n={_fmt(eff.get('n'), 'd')}, α={_fmt(eff.get('alpha'))})" if eff else "effect not tested")
     stats = (f"task freq <strong>{_fmt(c.get('task_freq'), '.3f')}</strong> · ref freq "
              f"{_fmt(c.get('ref_freq'), '.3f')} · enrichment {_fmt(c.get('enrichment'), '.2f')} · "
-             f"mean Δ <strong>{_fmt(eff.get('mean_delta'), '+.3g')}</strong> ± {_fmt(eff.get('se'), '.2g')}"
-             f" (n={_fmt(eff.get('n'), 'd')}, α={_fmt(eff.get('alpha'))}) · scale {_fmt(c.get('scale'))}")
+             f"{effect} · scale {_fmt(c.get('scale'))}")
     promoted = c.get("promoted_tokens")
     if promoted:
         chips = "".join(f'<span class="chip" title="logit {v:.4g}"><code>{_visible(t)}</code>'
@@ -708,8 +736,10 @@ def _card(d: RunData, c: dict[str, Any]) -> str:
         items = []
         for ex in exs:
             peak = max(ex["acts"], default=0.0)
-            label = f"#{_e(ex.get('index', '?'))}" + (f" · {_e(ex['id'])}" if ex.get("id") is not None else "")
-            items.append(f'<div class="ex"><div class="exhead">{label}<span>max {peak:.3g}</span></div>'
+            label = " · ".join(x for x in (f"#{_e(ex['index'])}" if ex.get("index") is not None else "",
+                                           _e(ex["id"]) if ex.get("id") is not None else "",
+                                           f"example value {ex['value']:.3g}" if _is_num(ex.get("value")) else "") if x)
+            items.append(f'<div class="ex"><div class="exhead"><span>{label}</span><span>max token {peak:.3g}</span></div>'
                          f'<div class="toks">{_tokens_html(ex["tokens"], ex["acts"], vmax)}</div></div>')
         shown = "".join(items[:MAX_EXAMPLES_SHOWN])
         more = (f"<details><summary>{len(items) - MAX_EXAMPLES_SHOWN} more examples</summary>"
@@ -730,7 +760,7 @@ def _section_cards(d: RunData) -> str:
     if not val:
         return _na("no feature passed the interventional filter.")
     cards = [_card(d, by_key.get(k, {"key": k, "layer": None, "feature": None})) for k in val]
-    return (f"<p>{len(val)} validated features. Token background ∝ activation "
+    return (f"<p>{len(val)} validated feature{'s' if len(val) != 1 else ''}. Token background ∝ activation "
             "(hover a token for its value).</p>" + "".join(cards))
 
 
@@ -751,16 +781,19 @@ def _pool_records(d: RunData) -> list[dict[str, Any]] | None:
     """The pool's records when the config names a local file of the scored pool's size."""
     from .data import iter_records
 
-    src = _find(d.config, ("pool",)) if d.config else None
-    if isinstance(src, dict):
-        src = src.get("path") or src.get("source")
-    if not isinstance(src, str) or src.startswith("hf:"):
-        return None
+    src = _config_value(d.config, "pool", "path")
+    if d.scores is None or not isinstance(src, str) or src.startswith(("hf:", "builtin:")):
+        return None  # never download a pool just for a table
+    if (d.run or {}).get("n_rejected"):
+        return None  # rejected rows shift pool positions away from score-table indices
     path = Path(src) if Path(src).is_absolute() else (d.run_dir / src if (d.run_dir / src).exists() else Path(src))
     if not path.is_file():
         return None
-    recs = [r for _, r in iter_records(path)]
-    return recs if d.scores is not None and len(recs) == d.scores.num_rows else None
+    n = d.scores.num_rows
+    recs = [r for _, r in itertools.islice(iter_records(path), n + 1)]
+    if len(recs) == n + 1 and _config_value(d.config, "pool", "limit") == n:
+        recs = recs[:n]
+    return recs if len(recs) == n else None
 
 
 def _mix_table(d: RunData, sel_idx: list[int]) -> str:
@@ -842,9 +875,10 @@ def _section_selection(d: RunData) -> str:
         r, rho, n = correlations(nt, score)
         fig, ax = plt.subplots(figsize=(4.8, 3.0))
         sub = _subsample(len(score))
-        ax.scatter(nt[sub][~is_sel[sub]], score[sub][~is_sel[sub]], s=5, color=REJECTED, lw=0, alpha=0.6,
+        size = 5 if len(sub) > 2000 else 14
+        ax.scatter(nt[sub][~is_sel[sub]], score[sub][~is_sel[sub]], s=size, color=REJECTED, lw=0, alpha=0.6,
                    label="rejected", rasterized=True)
-        ax.scatter(nt[sub][is_sel[sub]], score[sub][is_sel[sub]], s=5, color=SELECTED, lw=0, alpha=0.6,
+        ax.scatter(nt[sub][is_sel[sub]], score[sub][is_sel[sub]], s=size, color=SELECTED, lw=0, alpha=0.6,
                    label="selected", rasterized=True)
         ax.set_xlabel("n_tokens")
         ax.set_ylabel("score")
@@ -947,7 +981,7 @@ def _section_experiment(d: RunData) -> str:
         plots.append(_img(fig, "feature amplification vs task gain"))
         corr_html = (f'<p class="corr" id="amp-gain-correlation">Feature amplification vs task gain: Pearson r = '
                      f"<strong>{_fmt(r_, '+.3f')}</strong>, Spearman ρ = <strong>{_fmt(rho_, '+.3f')}</strong>, "
-                     f"n = {n_}.</p>")
+                     f"n = {n_}.{' ' + _e(corr['note']) if corr.get('note') else ''}</p>")
     else:
         corr_html = _na("amplification vs gain: no run has both <code>feature_amplification</code> and "
                         "<code>task_gain</code>.")
