@@ -23,7 +23,7 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
+    SUDO="sudo -n"  # never prompt: a test may run this unattended
   else
     echo "install_chromium.sh: need root or sudo to install chromium" >&2
     exit 1
