@@ -12,6 +12,7 @@ from igds.train_sae import (
     ActivationStream,
     TopKTrainer,
     TrainSAEConfig,
+    export_checkpoint,
     load_training_examples,
     lr_at,
     parse_source,
@@ -139,6 +140,8 @@ def test_model_training_resumes_exactly(tmp_path, tiny_lm, cache):
     assert set(paths) == {1, 2}
     cut = TrainSAEConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "b"), "stop_after_steps": 19})
     assert train_sae(cut, lm=tiny_lm) == {}  # stopped early: nothing saved yet
+    partial = export_checkpoint(tmp_path / "b")  # a look at the unfinished run
+    assert load_sae(partial[1]).metadata["training_tokens"] == 19 * 128
     again = train_sae(TrainSAEConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "b")}), lm=tiny_lm)
     for layer in (1, 2):
         a, b = load_sae(paths[layer]), load_sae(again[layer])

@@ -606,6 +606,34 @@ def train_sae(cfg: TrainSAEConfig, lm: Any = None) -> dict[int, Path]:
     return paths
 
 
+def export_checkpoint(out_dir: str | Path, dest: str | Path | None = None, save_dtype: str | None = None
+                      ) -> dict[int, Path]:
+    """Save the SAEs of an unfinished run as they stand in ``out_dir/checkpoint.pt``.
+
+    For a look at a long run before it ends (the learning rate has not finished
+    decaying, so a finished run will be better). Writes ``dest/layer_L`` (default
+    ``out_dir/partial``); the step is recorded in ``metadata.training_tokens``."""
+    out_dir = Path(out_dir)
+    raw = json.loads((out_dir / "train_config.json").read_text())
+    raw["adam_betas"] = tuple(raw["adam_betas"])
+    cfg = TrainSAEConfig(**raw)
+    state = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    step = int(state["position"]["step"])
+    info_path = out_dir / CACHE_DIR / "meta.json"
+    thresholds = json.loads(info_path.read_text())["thresholds"] if info_path.exists() else {}
+    paths = {}
+    for L, sd in state["saes"].items():
+        d_sae, d_in = sd["W_dec"].shape
+        tr = TopKTrainer(d_in, d_sae, cfg.k, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+        tr.load_state_dict(sd)
+        meta = _metadata(cfg, int(L), tr.scale, {"norm_threshold": thresholds.get(str(L))})
+        meta["training_tokens"] = step * cfg.batch_tokens
+        sae = tr.to_sae(meta)
+        folder = Path(dest) if dest is not None else out_dir / "partial"
+        paths[int(L)] = sae.save(folder / f"layer_{L}", dtype=_save_dtype(save_dtype or cfg.save_dtype))
+    return paths
+
+
 def _checkpoint_step(out_dir: Path) -> int:
     ckpt = out_dir / CHECKPOINT
     if not ckpt.exists():
