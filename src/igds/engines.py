@@ -31,7 +31,7 @@ def score(cfg: RunConfig) -> pa.Table:
     if cfg.score.engine == "ray":
         from .ray_engine import score_pool_ray
 
-        return score_pool_ray(cfg, fs, run_dir)
+        return score_pool_ray(cfg, fs, run_dir, lm=lm, saes=saes)
     table = score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, run_dir,
                        use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit)
     assert table is not None
