@@ -1,0 +1,185 @@
+import random
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from igds import baselines
+from igds.baselines import (_Stream, answer_only, compression_ratio, ifd_scores, longest_scores, loss_scores,
+                            random_scores, zip_order, zip_scores, zip_stage_sizes)
+from igds.data import Example, tokenize_example
+from igds.selection import select_indices, table_meta
+
+
+def _ex(i, prompt, response):
+    return Example(id=f"e{i}", messages=[{"role": "user", "content": prompt}], response=response, record={},
+                   dialect="fields", source="t", line=i)
+
+
+POOL = [_ex(0, "Q: short", "A"), _ex(1, "A much longer prompt " * 6, "and a longer response " * 3),
+        _ex(2, "mid prompt here", "twelve chars"), _ex(3, "x", "y" * 40), _ex(4, "what?", "it is 42")]
+
+
+def _ce(lm, ids, lo):
+    """Direct, unbatched mean CE of tokens ids[lo+1:] predicted from positions lo.. (no padding anywhere)."""
+    t = torch.tensor([ids])
+    with torch.no_grad():
+        logits = lm.model(input_ids=t).logits[0]
+    return torch.nn.functional.cross_entropy(logits[lo:len(ids) - 1], t[0, lo + 1:]).item()
+
+
+def test_loss_scores_match_unbatched(tiny_lm):
+    table = loss_scores(tiny_lm, POOL, max_batch=8, progress=False)
+    want = []
+    for ex in POOL:
+        t = tokenize_example(tiny_lm.tokenizer, ex)
+        want.append(_ce(tiny_lm, t.ids, t.prompt_len - 1))
+    np.testing.assert_allclose(table.column("score").to_numpy(), want, rtol=1e-4)
+    assert table.column("id").to_pylist() == [e.id for e in POOL]
+    assert table.column("index").to_pylist() == list(range(len(POOL)))
+    n_resp = [len(tiny_lm.tokenizer(e.response + "<|im_end|>", add_special_tokens=False)["input_ids"]) for e in POOL]
+    assert table.column("n_tokens").to_pylist() == n_resp
+    low = loss_scores(tiny_lm, POOL, keep="low", progress=False)
+    assert select_indices(low, budget=5) == select_indices(table, budget=5)[::-1]
+    assert table_meta(low)["keep"] == "low"
+    with pytest.raises(ValueError, match="keep"):
+        loss_scores(tiny_lm, POOL, keep="middle")
+
+
+def test_ifd_matches_unbatched(tiny_lm):
+    table = ifd_scores(tiny_lm, POOL, max_batch=8, drop_above=None, progress=False)
+    tok = tiny_lm.tokenizer
+    for i, ex in enumerate(POOL):
+        t = tokenize_example(tok, ex)
+        cond = _ce(tiny_lm, t.ids, t.prompt_len - 1)
+        alone_ids = tok(ex.response + tok.eos_token, add_special_tokens=False)["input_ids"]
+        assert answer_only(tok, ex).ids == alone_ids  # this tokenizer adds no BOS
+        alone = _ce(tiny_lm, alone_ids, 0)  # the first answer token has no context
+        assert table.column("loss_cond")[i].as_py() == pytest.approx(cond, rel=1e-4)
+        assert table.column("loss_uncond")[i].as_py() == pytest.approx(alone, rel=1e-4)
+        assert table.column("score")[i].as_py() == pytest.approx(cond / alone, rel=1e-4)
+
+
+def test_ifd_above_one_ranked_last(tiny_lm, monkeypatch):
+    cond = np.array([0.5, 3.0, 0.9, 2.0, np.nan])
+    alone = np.array([1.0, 2.0, 1.0, 1.0, 1.0])  # IFD 0.5, 1.5, 0.9, 2.0, nan
+    calls = iter([cond, alone])
+    monkeypatch.setattr(baselines, "token_losses", lambda *a, **k: next(calls))
+    table = ifd_scores(tiny_lm, POOL, progress=False)
+    # kept (IFD <= 1) highest first, then dropped least-bad first, NaN last
+    assert select_indices(table, budget=5) == [2, 0, 1, 3, 4]
+    assert table_meta(table)["n_dropped"] == 2
+
+
+def test_random_scores_deterministic():
+    a, b, c = random_scores(POOL, seed=1), random_scores(POOL, seed=1), random_scores(POOL, seed=2)
+    assert a.column("score").to_pylist() == b.column("score").to_pylist()
+    assert a.column("score").to_pylist() != c.column("score").to_pylist()
+    assert random_scores(7, seed=0).num_rows == 7
+    assert a.column("id").to_pylist() == [e.id for e in POOL]
+
+
+def test_longest_scores(tiny_lm):
+    t = longest_scores(POOL, tokenizer=tiny_lm.tokenizer)
+    assert select_indices(t, budget=3) == [1, 3, 2]
+    c = longest_scores(POOL, unit="chars")
+    assert c.column("score").to_pylist() == [float(len(e.response)) for e in POOL]
+    with pytest.raises(ValueError, match="tokenizer"):
+        longest_scores(POOL)
+
+
+# ---------------------------------------------------------------- ZIP
+def _words(rng, n):
+    vocab = [f"{a}{b}{c}" for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "bdgklmnprstx"]
+    return " ".join(rng.choice(vocab) for _ in range(n))
+
+
+def test_stream_equals_one_shot_compression():
+    rng = random.Random(0)
+    texts = [(_words(rng, 30) + "\n").encode() for _ in range(20)]
+    s = _Stream()
+    for t in texts[:15]:
+        s.add(t)
+    head = b"".join(texts[:15])
+    for x in texts[15:]:
+        assert s.ratio_with(x) == len(head + x) / len(zlib.compress(head + x, 9))
+    assert compression_ratio(head) == len(head) / len(zlib.compress(head, 9))
+
+
+def _naive_zip(texts, k1, k2, k3):
+    """The same algorithm with every ratio from a fresh zlib.compress of the concatenation."""
+    data = [t.encode() + b"\n" for t in texts]
+    ratio = lambda b: len(b) / len(zlib.compress(b, 9))  # noqa: E731
+    state = [ratio(x) for x in data]
+    order, left = [], set(range(len(data)))
+    while left:
+        c1 = sorted(left, key=lambda i: (state[i], i))[:k1]
+        head = b"".join(data[j] for j in order)
+        for i in c1:
+            state[i] = ratio(head + data[i])
+        c2 = sorted(c1, key=lambda i: (state[i], i))[:k2]
+        local = b""
+        for _ in range(min(k3, len(c2))):
+            best = min(c2, key=lambda i: (ratio(local + data[i]), i))
+            c2.remove(best)
+            local += data[best]
+            order.append(best)
+            left.discard(best)
+    return order
+
+
+def test_zip_matches_naive_reference():
+    rng = random.Random(1)
+    texts = [_words(rng, rng.randint(5, 40)) for _ in range(24)]
+    texts += [texts[3]] * 3 + [texts[5] + " " + texts[6]]
+    assert zip_order(texts, k1=10, k2=6, k3=3, scale=False) == _naive_zip(texts, 10, 6, 3)
+
+
+DIVERSE = [
+    "Photosynthesis turns sunlight, water and carbon dioxide into glucose and oxygen inside green leaves.",
+    "The treaty of Westphalia in 1648 ended decades of war and reshaped the map of central Europe.",
+    "To reverse a linked list, walk it once while pointing each node back at its predecessor.",
+    "Marathon runners often eat pasta the night before a race to top up their glycogen stores.",
+    "Jupiter's Great Red Spot is a storm larger than Earth that has raged for centuries.",
+    "A sonnet has fourteen lines, usually in iambic pentameter, with a turn near the end.",
+    "Compound interest grows savings because each year's gain is added to the principal.",
+    "Octopuses can change colour in milliseconds using pigment cells called chromatophores.",
+    "Sourdough bread rises thanks to wild yeast and lactic acid bacteria living in the starter.",
+    "Volcanic islands such as Hawaii form where a plate drifts over a hot mantle plume.",
+    "In chess, castling moves the king two squares toward a rook, which then jumps over it.",
+    "Vaccines train the immune system by showing it a harmless piece of a pathogen.",
+]
+
+
+def test_zip_prefers_diverse_over_duplicates():
+    template = "Please summarize the quarterly sales report for region {} and list the top three products."
+    dupes = [template.format(i) for i in range(12)]
+    texts = [t for pair in zip(dupes, DIVERSE) for t in pair]  # interleaved: duplicates at even indices
+    table = zip_scores(texts, k1=24, k2=8, k3=4, scale=False, progress=False)
+    top = select_indices(table, budget=12)
+    assert sum(i % 2 == 1 for i in top) >= 10
+    # per-sample ratios alone would not do it: one duplicate on its own compresses worse than most
+    alone = sorted(range(24), key=lambda i: compression_ratio((texts[i] + "\n").encode()))[:12]
+    assert sum(i % 2 == 0 for i in alone) >= 6  # at least half duplicates
+    # the table's top-k is exactly ZIP's first k picks, for every k
+    order = zip_order(texts, k1=24, k2=8, k3=4, scale=False)
+    for k in (1, 5, 12, 24):
+        assert select_indices(table, budget=k) == order[:k]
+    # and its selection compresses worse (less redundant) than the duplicate half
+    pick = "\n".join(texts[i] for i in top).encode()
+    dup = "\n".join(dupes).encode()
+    assert compression_ratio(pick) < compression_ratio(dup)
+
+
+def test_zip_budget_and_stage_sizes():
+    rng = random.Random(3)
+    texts = [_words(rng, 10) for _ in range(40)]
+    full = zip_order(texts, k1=20, k2=6, k3=3, scale=False)
+    part = zip_scores(texts, k1=20, k2=6, k3=3, scale=False, ratio=0.25, progress=False)
+    assert select_indices(part, budget=10) == full[:10]
+    assert sorted(part.column("score").to_pylist()) == list(range(1, 41))
+    assert zip_stage_sizes(300_000) == (10000, 200, 100)  # the reference sizes at the reference scale
+    assert zip_stage_sizes(1000) == (64, 16, 8)
+    assert zip_stage_sizes(10, 10000, 200, 100) == (10, 10, 8)
+    assert table_meta(zip_scores(POOL, progress=False))["method"] == "zip"
