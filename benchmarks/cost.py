@@ -1,0 +1,211 @@
+"""Cost of igds against the model-based baselines and the hardware, in one run.
+
+    python benchmarks/cost.py [--pool-size 256] [--features 16] [--out benchmarks/results/cost.md]
+
+Measured on the same real pool (the T0 instruction pool in ../shared/data, falling
+back to the shipped example pool), with SmolLM2-135M and its shipped layer-15 SAE:
+
+(a) a bare forward stopped at the SAE layer (the floor for any SAE scorer),
+(b) igds scoring (the same forward + restricted SAE encode of the validated features),
+(c) the Loss baseline (full forward, LM head on response tokens),
+(d) IFD (two full forwards: with and without the instruction),
+the causal filter for K features with the cached prefix vs naive full re-runs, and
+achieved GFLOP/s of (a) against the machine's measured fp32 matmul rate.
+
+Peak memory against pool size is measured by ``--memory``, which scores pools of
+1k, 4k and 16k short examples in fresh processes. Ratios measured in one run are
+the claims; absolute times depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igds.activations import count_mask, iter_activation_batches, pad
+from igds.baselines import ifd_scores, loss_scores
+from igds.config import FilterConfig, ScoreConfig
+from igds.data import load_examples, tokenize_example
+from igds.features import FeatureSet
+from igds.intervention import feature_effects
+from igds.losses import target_mask
+from igds.model import load_model
+from igds.sae import load_sae
+from igds.scoring import FeatureScorer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+LAYER = 15
+
+
+def pool_examples(n: int, max_chars: int | None = None):
+    path = SHARED / "instruction_pool" / "t0_pool.jsonl"
+    if not path.exists():
+        from igds.examples import write_example_data
+        path = write_example_data(ROOT / ".bench" / "examples")["pool"]
+    exs = load_examples(path, limit=None)
+    rng = random.Random(0)
+    exs = rng.sample(exs, min(n, len(exs)))
+    return exs, str(path)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def forward_flops_per_token(lm, layers: int, avg_len: float) -> float:
+    """2 x parameters of blocks 0..L-1 per token, plus attention's QK^T and AV."""
+    params = sum(p.numel() for b in list(lm.blocks)[:layers] for p in b.parameters())
+    cfg = lm.model.config
+    attn = 2 * 2 * avg_len / 2 * cfg.hidden_size * layers  # causal: half the keys on average
+    return 2 * params + attn
+
+
+def random_features(sae, k: int, seed: int = 0) -> FeatureSet:
+    feats = sorted(random.Random(seed).sample(range(sae.d_sae), k))
+    cands = [{"key": f"L{LAYER}/F{j}", "layer": LAYER, "feature": j, "scale": 1.0, "validated": True} for j in feats]
+    return FeatureSet(cands, [c["key"] for c in cands])
+
+
+def bench(args) -> dict:
+    torch.manual_seed(0)
+    lm = load_model("smollm2-135m")
+    sae = load_sae("default", model_name="smollm2-135m", layer=LAYER)
+    exs, source = pool_examples(args.pool_size)
+    toks = [tokenize_example(lm.tokenizer, e, args.max_length) for e in exs]
+    real_tokens = sum(len(t.ids) for t in toks)
+    res: dict = {"pool": source, "pool_size": len(exs), "real_tokens": real_tokens, "max_length": args.max_length,
+                 "threads": torch.get_num_threads()}
+
+    def bare():
+        for _ in iter_activation_batches(lm, toks, [LAYER], exclude_special=False):
+            pass
+
+    bare()  # warm-up (allocator, kernels)
+    _, res["bare_s"] = timed(bare)
+    fs = random_features(sae, args.features)
+    scorer = FeatureScorer(lm, {LAYER: sae}, fs, ScoreConfig(top_examples=0))
+    _, res["igds_s"] = timed(lambda: scorer.activations(exs))
+    _, res["loss_s"] = timed(lambda: loss_scores(lm, exs, max_length=args.max_length))
+    _, res["ifd_s"] = timed(lambda: ifd_scores(lm, exs, max_length=args.max_length))
+    for k in ("bare", "igds", "loss", "ifd"):
+        res[f"{k}_tok_s"] = real_tokens / res[f"{k}_s"]
+
+    # causal filter: K features on V validation examples, cached prefix vs naive
+    val = toks[: args.val_size]
+    ids, mask = pad(val, lm.tokenizer.pad_token_id)
+    tgt, edit = target_mask(val, ids.shape[1]), count_mask(val, ids.shape[1])
+    feats = [c["feature"] for c in fs.validated_features][: args.filter_features]
+    for name, cached in (("filter_cached_s", True), ("filter_naive_s", False)):
+        (base, amp), res[name] = timed(lambda: feature_effects(lm, sae, LAYER, feats, ids, mask, tgt, edit, 4.0,
+                                                               chunk=8, cached_prefix=cached))
+        res[name.replace("_s", "_delta_mean")] = float((base - amp).mean())
+    res["filter_features"], res["filter_val"] = len(feats), len(val)
+
+    gflops = matmul_gflops()
+    avg_len = real_tokens / len(toks)
+    res["matmul_gflops"] = gflops
+    res["bare_gflops"] = forward_flops_per_token(lm, LAYER + 1, avg_len) * res["bare_tok_s"] / 1e9
+    return res
+
+
+def memory_run(n: int, max_length: int) -> dict:
+    """Score ``n`` short examples in this process; report peak RSS (run in a fresh process)."""
+    lm = load_model("smollm2-135m")
+    sae = load_sae("default", model_name="smollm2-135m", layer=LAYER)
+    path = SHARED / "instruction_pool" / "t0_pool.jsonl"
+    exs = load_examples(path)
+    exs = (exs * (n // len(exs) + 1))[:n]
+    fs = random_features(sae, 16)
+    scorer = FeatureScorer(lm, {LAYER: sae}, fs, ScoreConfig(top_examples=8, max_length=max_length))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    for start in range(0, n, 512):  # the shard loop of score_pool, without the disk
+        scorer.score(exs[start:start + 512], start)
+    return {"n": n, "seconds": time.perf_counter() - t, "rss_before_mb": before / 1024,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def markdown(res: dict, mem: list[dict]) -> str:
+    b = res["bare_tok_s"]
+    lines = [
+        f"Pool: {res['pool_size']} examples from `{Path(res['pool']).name}`, {res['real_tokens']} real tokens "
+        f"(max_length {res['max_length']}), {res['threads']} threads, SmolLM2-135M fp32, SAE layer {LAYER}.",
+        "",
+        "| pass | seconds | real tokens/s | time vs igds scoring |",
+        "|---|---|---|---|",
+    ]
+    for k, name in (("bare", "(a) bare forward stopped at layer 15"), ("igds", "(b) igds scoring"),
+                    ("loss", "(c) Loss baseline"), ("ifd", "(d) IFD")):
+        lines.append(f"| {name} | {res[k + '_s']:.1f} | {res[k + '_tok_s']:.0f} | {res[k + '_s'] / res['igds_s']:.2f}x |")
+    lines += [
+        "",
+        f"- igds scoring throughput / bare stopped forward: **{res['igds_tok_s'] / b:.2f}** (target >= 0.9)",
+        f"- igds scoring time / Loss pass: **{res['igds_s'] / res['loss_s']:.2f}** (target <= 0.4)",
+        f"- igds scoring time / IFD: **{res['igds_s'] / res['ifd_s']:.2f}** (target <= 0.2)",
+        f"- causal filter, {res['filter_features']} features x {res['filter_val']} validation examples: cached prefix "
+        f"{res['filter_cached_s']:.1f} s vs naive {res['filter_naive_s']:.1f} s = "
+        f"**{res['filter_naive_s'] / res['filter_cached_s']:.2f}x** faster (target >= 1.8x); mean delta identical "
+        f"({res['filter_cached_delta_mean']:.5f} vs {res['filter_naive_delta_mean']:.5f})",
+        f"- roofline: the bare forward reaches {res['bare_gflops']:.0f} GFLOP/s of a measured "
+        f"{res['matmul_gflops']:.0f} GFLOP/s fp32 matmul peak ({res['bare_gflops'] / res['matmul_gflops']:.0%})",
+    ]
+    if mem:
+        lines += ["", "| pool size | seconds | peak RSS (MB) |", "|---|---|---|"]
+        lines += [f"| {m['n']} | {m['seconds']:.0f} | {m['peak_rss_mb']:.0f} |" for m in mem]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pool-size", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--val-size", type=int, default=16)
+    p.add_argument("--filter-features", type=int, default=16)
+    p.add_argument("--memory", action="store_true", help="also measure peak memory at 1k/4k/16k examples")
+    p.add_argument("--memory-sizes", default="1000,4000,16000")
+    p.add_argument("--memory-max-length", type=int, default=32)
+    p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
+    args = p.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_run(args.memory_child, args.memory_max_length)))
+        return
+    res = bench(args)
+    mem = []
+    if args.memory:
+        for n in map(int, args.memory_sizes.split(",")):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--memory-max-length",
+                                  str(args.memory_max_length)], check=True, capture_output=True, text=True)
+            mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    text = markdown(res, mem)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"results": res, "memory": mem}, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
