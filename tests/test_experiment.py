@@ -5,21 +5,14 @@ import numpy as np
 import pytest
 
 from igds import experiment as ex
-from igds.data import load_examples
 from igds.experiment import (ExperimentConfig, amplification, build_results, correlation, load_experiment_config,
                              mean_std, results_markdown, summarize)
 
 pytest.importorskip("peft")
 
 
-class FakeTask:
-    """Stands in for a built-in task: reads prompt/completion files, one metric."""
-
-    name = "fake"
-    metric = "exact_match"
-
-    def load(self, path, limit=None):
-        return load_examples(path, limit=limit)
+TASK = {"name": "addq", "prompt_field": "prompt", "response_field": "completion", "metric": "exact_match",
+        "max_new_tokens": 4}
 
 
 def _write(path, n, prefix):
@@ -30,26 +23,8 @@ def _write(path, n, prefix):
     return str(path)
 
 
-def _fake_eval(lm, task, examples, cfg):
-    # a deterministic function of the weights, so that different fine-tunes differ
-    w = float(next(lm.model.parameters()).detach().abs().sum())
-    return {"exact_match": (w * 1000) % 1.0, "ref_loss": 1.0 + (w % 0.1)}
-
-
-def _fake_baseline(method, lm, pool, seed, options, cfg):
-    from igds.selection import make_score_table
-
-    if method == "random":
-        scores = np.random.default_rng(seed).random(len(pool))
-    else:  # longest
-        scores = [len(e.response) for e in pool]
-    return make_score_table([e.id for e in pool], scores, [0] * len(pool), meta={"method": method})
-
-
 @pytest.fixture
 def setup(tmp_path, tiny_lm, monkeypatch):
-    monkeypatch.setattr(ex, "evaluate_model", _fake_eval)
-    monkeypatch.setattr(ex, "baseline_table", _fake_baseline)
     calls = []
     real = ex.train_model
 
@@ -59,9 +34,9 @@ def setup(tmp_path, tiny_lm, monkeypatch):
 
     monkeypatch.setattr(ex, "train_model", counting)
     cfg = load_experiment_config(None, {
-        "out": str(tmp_path / "run"), "task": "fake",
+        "out": str(tmp_path / "run"), "task": TASK,
         "pool": {"path": _write(tmp_path / "pool.jsonl", 10, "p")},
-        "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "t")], "limit": 3},
+        "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "t")], "limit": 3, "options": {"progress": False}},
         "methods": ["random", "longest", "full"], "ratios": [0.5], "seeds": [0, 1],
         "finetune": {"max_steps": 2, "batch_size": 2, "lora_r": 2, "progress": False, "save": False},
         "amplification": {"enabled": False}, "report": False})
@@ -70,7 +45,7 @@ def setup(tmp_path, tiny_lm, monkeypatch):
 
 def test_runner_resumes_without_redoing_runs(setup):
     cfg, calls, lm = setup
-    first = ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    first = ex.run_experiment(cfg, lm=lm)
     # random x 2 seeds, longest x 2 seeds, full x 2 seeds
     assert len(calls) == 6
     assert {(r["method"], r["ratio"], r["seed"]) for r in first["runs"]} == {
@@ -89,7 +64,7 @@ def test_runner_resumes_without_redoing_runs(setup):
     assert (ex.Path(cfg.out) / "baselines" / "random-seeds" / "seed-1.parquet").exists()
 
     calls.clear()
-    second = ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    second = ex.run_experiment(cfg, lm=lm)
     assert calls == []
     assert (exp_dir / "results.md").read_text() == md1
     assert (exp_dir / "results.csv").read_text() == csv1
@@ -97,13 +72,13 @@ def test_runner_resumes_without_redoing_runs(setup):
 
     # an interrupted experiment: one result missing -> exactly that run is redone
     (exp_dir / "runs" / "longest-r0.5-s1" / "result.json").unlink()
-    ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    ex.run_experiment(cfg, lm=lm)
     assert len(calls) == 1 and "longest-r0.5-s1" in str(calls[0])
 
     # a setting that changes the numbers invalidates the runs it touches
     calls.clear()
     cfg.finetune.max_steps = 3
-    ex.run_experiment(cfg, lm=lm, task=FakeTask())
+    ex.run_experiment(cfg, lm=lm)
     assert len(calls) == 6
 
 
@@ -174,3 +149,60 @@ def test_config_errors_name_the_field(tmp_path):
         load_experiment_config(p, ["finetune.lora_rank=4"])
     cfg = load_experiment_config(p, ["methods=[random]", "finetune.epochs=1", "seeds=[0,1,2]"])
     assert cfg.finetune.epochs == 1 and cfg.seeds == [0, 1, 2]
+
+
+def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
+    """IGDS and an ablation through the real pipeline (planted SAE), amplification per run, report."""
+    from planted import blank_sae, plant_always_on, plant_detector
+
+    pytest.importorskip("matplotlib")
+    task_rows = [{"id": f"t{i}", "prompt": f"add 7{i} and 17", "completion": f"7{i + 17}"} for i in range(16)]
+    ref_rows = [{"id": f"r{i}", "prompt": f"describe the garden {chr(97 + i)}", "completion": "green"}
+                for i in range(12)]
+    pool_rows = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
+                  "completion": "77" if i % 2 else "blue"} for i in range(12)]
+    eval_rows = [{"id": f"e{i}", "prompt": f"add 7{i} and 7", "completion": f"7{i + 7}"} for i in range(4)]
+    paths = {}
+    for name, rows in (("task", task_rows + pool_rows), ("ref", ref_rows), ("pool", pool_rows),
+                       ("eval", eval_rows)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny_lm.model.save_pretrained(tmp_path / "model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
+    sae = blank_sae(tiny_lm, 1)
+    plant_detector(tiny_lm, sae, 5, 1, [r["prompt"] for r in task_rows], [r["prompt"] for r in ref_rows], "7")
+    plant_always_on(sae, 2)
+    sae.save(tmp_path / "sae")
+    cfg = load_experiment_config(None, {
+        "out": str(tmp_path / "run"), "task": TASK, "model": {"name": str(tmp_path / "model")},
+        "sae": {"paths": [str(tmp_path / "sae")]}, "reference": {"path": str(paths["ref"])},
+        "task_data": {"path": str(paths["task"])}, "pool": {"path": str(paths["pool"])},
+        "eval": {"paths": [str(paths["eval"])], "options": {"progress": False}},
+        "methods": ["igds", "igds_recall_only", "random"], "ratios": [0.5], "seeds": [0],
+        "recall": {"n_candidates": 4, "probe_size": 16}, "filter": {"validation_size": 6},
+        "score": {"shard_size": 8},
+        "finetune": {"max_steps": 3, "batch_size": 2, "lora_r": 2, "learning_rate": 1e-2, "progress": False}})
+    res = ex.run_experiment(cfg)
+    run_dir = tmp_path / "run"
+    # task data went through the task format, minus the pool's ids
+    task_ids = [json.loads(line)["id"] for line in open(run_dir / "data" / "task_data.jsonl")]
+    assert task_ids == [f"t{i}" for i in range(16)]
+    assert (run_dir / "scores.parquet").exists() and (run_dir / "ablations" / "igds_recall_only" / "scores.parquet").exists()
+    fs = json.loads((run_dir / "features.json").read_text())
+    assert fs["validated"]
+    runs = {r["method"]: r for r in res["runs"]}
+    assert set(runs) == {"igds", "igds_recall_only", "random"}
+    for r in runs.values():
+        assert r["n_train"] == 6
+        assert isinstance(r["feature_amplification"], float) and math.isfinite(r["feature_amplification"])
+        assert r["task_gain"] is not None
+        assert (run_dir / "experiment" / "runs" / r["run"] / "finetune" / "adapter" / "adapter_config.json").exists()
+    base = json.loads((run_dir / "experiment" / "base" / "result.json").read_text())
+    assert len(base["feature_acts"]) == len(fs["validated"])
+    assert res["correlation"]["n"] == 3
+    # the IGDS subset prefers the math half of the pool that the planted feature detects
+    sel = json.loads((run_dir / "experiment" / "runs" / "igds-r0.5-s0" / "selection.json").read_text())
+    assert sum(int(i[1:]) % 2 for i in sel["ids"]) >= 5
+    preds = list((run_dir / "experiment" / "runs" / "igds-r0.5-s0" / "predictions").glob("*eval.jsonl"))
+    assert len(preds) == 1 and len(preds[0].read_text().splitlines()) == 4
+    assert "experiment/results.json</code> not found" not in (run_dir / "report.html").read_text()

@@ -17,6 +17,7 @@ task's evaluation prompts (*feature amplification*, below).
 Run directory (``out``)::
 
     config.yaml, features.json, scores.parquet, ...   IGDS (igds.pipeline), as in docs/design.md
+    data/pool.jsonl, data/task_data.jsonl, ...         sections read through the task (``task_format``)
     ablations/<method>/                                 IGDS ablation runs (same layout)
     baselines/<method>.parquet (+ .json cache key)      baseline score tables
     baselines/random-seeds/seed-<s>.parquet             random tables of the other seeds
@@ -28,6 +29,16 @@ Run directory (``out``)::
           finetune/adapter/, finetune/finetune.json     (igds.finetune)
           result.json                                   written last, atomically
       results.csv, results.json, results.md
+
+Data in the task's format: the sections named in ``task_format`` (default: ``pool``,
+``task_data``, ``validation``) are read through the task definition - its prompt template
+and reference rendering, the very prompts the evaluation uses - and written once to
+``RUN_DIR/data/<section>.jsonl`` (``messages`` dialect, original ids), which IGDS scoring
+and fine-tuning then both read. Leave a section out of ``task_format`` for a pool in
+another format (e.g. a general instruction pool); it is then read with its own
+``DataConfig``. Task examples that also occur in the pool (same id) are dropped from
+``task_data`` before its ``limit`` applies (``task_data_excludes_pool``), so feature
+discovery never sees the examples it will score.
 
 A run whose ``result.json`` exists with the same cache key is skipped, so an
 interrupted experiment is finished by running the same command again. The key covers
@@ -67,11 +78,12 @@ from .config import (DataConfig, FilterConfig, ModelConfig, RecallConfig, RunCon
 from .data import Example
 from .finetune import FinetuneConfig, train_model
 from .model import LoadedModel, load_model
-from .selection import make_score_table, read_score_table, select_indices, write_score_table
+from .selection import read_score_table, select_indices, write_score_table
 
 IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
 BASELINE_METHODS = ("random", "loss", "ifd", "zip", "longest")
 METHODS = IGDS_METHODS + BASELINE_METHODS + ("full",)
+DATA_SECTIONS = ("pool", "task_data", "validation")
 
 
 # ====================================================================== config
@@ -81,8 +93,9 @@ class EvalConfig:
 
     paths: list[str] = field(default_factory=list)  # eval files in the task's format; the first is the headline
     limit: int | None = 200  # first N examples of each file
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: the task's own cap (math 256, summarization 128, ...)
     batch_size: int = 16
+    save_predictions: bool = True  # per-example predictions and losses next to each run's result
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for evaluate_task
 
 
@@ -120,6 +133,8 @@ class ExperimentConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     igds_seed: int = 0  # seed of feature discovery (fixed across fine-tuning seeds)
+    task_format: list[str] = field(default_factory=lambda: ["pool", "task_data", "validation"])
+    task_data_excludes_pool: bool = True
     use_chat_template: bool = True
     skip_bad: bool = False
     report: bool = True
@@ -155,20 +170,27 @@ def check_config(cfg: ExperimentConfig, where: str = "config") -> None:
         raise ValueError(f"{where}: field 'eval.paths': at least one evaluation file is required")
     if any(m in IGDS_METHODS for m in cfg.methods) and not cfg.task_data.path:
         raise ValueError(f"{where}: field 'task_data.path': IGDS needs task examples to discover features")
+    bad = [x for x in cfg.task_format if x not in DATA_SECTIONS]
+    if bad:
+        raise ValueError(f"{where}: field 'task_format': {bad} are not data sections; use {list(DATA_SECTIONS)}")
     if cfg.amplification.positions not in ("prompt", "all", "response"):
         raise ValueError(f"{where}: field 'amplification.positions': expected prompt, all or response")
     cfg.finetune.__post_init__()  # re-validate after YAML/overrides were applied
 
 
-def run_config(cfg: ExperimentConfig, method: str = "igds") -> RunConfig:
-    """The :class:`RunConfig` that IGDS (or one of its ablations) runs with."""
+def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, DataConfig] | None = None
+               ) -> RunConfig:
+    """The :class:`RunConfig` that IGDS (or one of its ablations) runs with; ``data`` holds
+    the resolved (possibly task-formatted) pool / task_data / validation sections."""
+    data = data or {}
     filt = FilterConfig(**asdict(cfg.filter))
     if method == "igds_recall_only":
         filt.enabled = False
     elif method == "igds_random_candidates":
         filt.random_candidates = True
-    return RunConfig(model=cfg.model, sae=cfg.sae, task=cfg.task_data, validation=cfg.validation,
-                     reference=cfg.reference, pool=cfg.pool, recall=cfg.recall, filter=filt, score=cfg.score,
+    return RunConfig(model=cfg.model, sae=cfg.sae, task=data.get("task_data", cfg.task_data),
+                     validation=data.get("validation", cfg.validation), reference=cfg.reference,
+                     pool=data.get("pool", cfg.pool), recall=cfg.recall, filter=filt, score=cfg.score,
                      use_chat_template=cfg.use_chat_template, seed=cfg.igds_seed, skip_bad=cfg.skip_bad,
                      report=False, out=str(method_dir(Path(cfg.out), method)))
 
@@ -190,15 +212,39 @@ def task_examples(task: Any, path: str, limit: int | None) -> list[Example]:
 
 
 def headline_metric(task: Any) -> str:
-    return str(getattr(task, "metric", None) or getattr(task, "metric_name", "score"))
+    return str(task.metric)
 
 
-def evaluate_model(lm: LoadedModel, task: Any, examples: Sequence[Example], cfg: EvalConfig) -> dict[str, float]:
+def evaluate_model(lm: LoadedModel, task: Any, examples: Sequence[Example], cfg: EvalConfig,
+                   use_chat_template: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, per-example records) of ``lm`` on ``examples`` (:func:`igds.evaluate.evaluate_task`)."""
     from .evaluate import evaluate_task
 
     out = evaluate_task(lm, task, examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        **cfg.options)
-    return _numbers(out.get("metrics", out) if isinstance(out, dict) else out)
+                        use_chat_template=use_chat_template, **cfg.options)
+    return _numbers(out["metrics"]), out.get("records", [])
+
+
+def materialize(task: Any, dc: DataConfig, out: Path, skip_bad: bool = False,
+                exclude_ids: set[str] | frozenset[str] = frozenset()) -> DataConfig:
+    """Write ``dc``'s examples, rendered by ``task``, to ``out`` (``messages`` dialect, original
+    ids; rewritten only when the content changes) and return a DataConfig that reads it."""
+    from .pipeline import resolve_source
+
+    exs: list[Example] = []
+    for e in task.examples(resolve_source(dc, "data"), split=dc.split, skip_bad=skip_bad):
+        if e.id in exclude_ids:
+            continue
+        exs.append(e)
+        if dc.limit is not None and len(exs) >= dc.limit:
+            break
+    if not exs:
+        raise ValueError(f"{dc.path}: no usable examples for task {task.name!r}")
+    text = "".join(json.dumps({"id": e.id, "messages": [*e.messages, {"role": "assistant", "content": e.response}]},
+                              ensure_ascii=False) + "\n" for e in exs)
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        atomic_write_text(out, text)
+    return DataConfig(path=str(out), dialect="messages")
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
@@ -222,6 +268,9 @@ def baseline_table(method: str, lm: LoadedModel, pool: Sequence[Example], seed: 
     if method == "ifd":
         return baselines.ifd_scores(lm, pool, **{**common, **options})
     if method == "zip":
+        # The greedy stops at the largest budget; its pick order serves every smaller ratio.
+        if "ratio" not in options and "budget" not in options:
+            options = {**options, "ratio": max(cfg.ratios)}
         return baselines.zip_scores(pool, **options)
     if method == "longest":
         return baselines.longest_scores(pool, tokenizer=lm.tokenizer, **options)
@@ -238,6 +287,7 @@ class Experiment:
     task: Any = None
     run_dir: Path = field(init=False)
     _pool: list[Example] | None = None
+    _data: dict[str, DataConfig] | None = None
     _evals: dict[str, list[Example]] | None = None
     _tables: dict[tuple[str, int], pa.Table] = field(default_factory=dict)
     _features: Any = None
@@ -263,12 +313,33 @@ class Experiment:
             self.task = resolve_task(self.cfg.task)
         return self.task
 
-    def pool(self) -> list[Example]:
+    def data(self) -> dict[str, DataConfig]:
+        """The pool / task_data / validation sections as IGDS and fine-tuning read them."""
+        if self._data is None:
+            c, task_fmt = self.cfg, set(self.cfg.task_format)
+            out: dict[str, DataConfig] = {}
+            for name in DATA_SECTIONS:
+                dc: DataConfig = getattr(c, name)
+                if not dc.path or name not in task_fmt:
+                    out[name] = dc
+                    continue
+                exclude: set[str] = set()
+                if name == "task_data" and c.task_data_excludes_pool:
+                    exclude = {e.id for e in self.pool_from(out["pool"])}
+                out[name] = materialize(self.the_task(), dc, self.run_dir / "data" / f"{name}.jsonl", c.skip_bad,
+                                        exclude)
+            self._data = out
+        return self._data
+
+    def pool_from(self, dc: DataConfig) -> list[Example]:
         if self._pool is None:
             from .pipeline import read_examples
 
-            self._pool = read_examples(self.cfg.pool, "pool", self.cfg.skip_bad)
+            self._pool = read_examples(dc, "pool", self.cfg.skip_bad)
         return self._pool
+
+    def pool(self) -> list[Example]:
+        return self.pool_from(self.data()["pool"])
 
     def evals(self) -> dict[str, list[Example]]:
         if self._evals is None:
@@ -283,9 +354,9 @@ class Experiment:
         from .pipeline import resolve_source
         from .scoring import source_fingerprint
 
-        c = self.cfg
+        c, pool = self.cfg, self.data()["pool"]
         return {"model": c.model.name, "task": c.task,
-                "pool": {**asdict(c.pool), "sha": source_fingerprint(resolve_source(c.pool, "pool"))},
+                "pool": {**asdict(pool), "sha": source_fingerprint(resolve_source(pool, "pool"))},
                 "chat": c.use_chat_template, "skip_bad": c.skip_bad}
 
     def eval_key(self) -> dict[str, Any]:
@@ -298,7 +369,7 @@ class Experiment:
     def method_key(self, method: str, seed: int) -> dict[str, Any]:
         c = self.cfg
         if method in IGDS_METHODS:
-            rc = run_config(c, method)
+            rc = run_config(c, method, self.data())
             from .scoring import source_fingerprint
 
             return {"sae": asdict(rc.sae), "task_data": asdict(rc.task), "validation": asdict(rc.validation),
@@ -306,6 +377,7 @@ class Experiment:
                     "score": {k: v for k, v in asdict(rc.score).items() if k in
                               ("aggregation", "normalize", "combine", "positions", "max_length")},
                     "task_sha": source_fingerprint(rc.task.path) if rc.task.path else None,
+                    "validation_sha": source_fingerprint(rc.validation.path) if rc.validation.path else None,
                     "seed": rc.seed}
         if method == "full":
             return {}
@@ -328,13 +400,14 @@ class Experiment:
         if method in IGDS_METHODS:
             from .pipeline import igds_scores
 
-            table, fs = igds_scores(self.model(), run_config(self.cfg, method), method_dir(self.run_dir, method))
+            rc = run_config(self.cfg, method, self.data())
+            rc.select.ratio = max(self.cfg.ratios)  # what the report shows as "the" selection
+            mdir = method_dir(self.run_dir, method)
+            mdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(mdir / "config.yaml", dump_config(rc))
+            table, fs = igds_scores(self.model(), rc, mdir)
             if method == "igds":
                 self._features = fs
-        elif method == "full":
-            pool = self.pool()
-            table = make_score_table([e.id for e in pool], np.ones(len(pool)), np.zeros(len(pool), dtype=np.int64),
-                                     meta={"method": "full"})
         else:
             path = self.baseline_path(method, seed)
             side = path.with_suffix(".json")
@@ -378,7 +451,7 @@ class Experiment:
         if self._saes is None:
             from .pipeline import load_saes
 
-            self._saes = load_saes(run_config(self.cfg), self.model())
+            self._saes = load_saes(run_config(self.cfg, "igds", self.data()), self.model())
         return self._saes
 
     def amplification_examples(self) -> list[Example]:
@@ -409,7 +482,7 @@ class Experiment:
                 return cached
         print("experiment: evaluating the base model")
         t0 = time.perf_counter()
-        metrics = self.evaluate(self.model())
+        metrics = self.evaluate(self.model(), path.parent)
         acts = self.feature_acts(self.model())
         res = {"key": key, "model": self.cfg.model.name, "metrics_by_eval": metrics,
                "metrics": flatten_metrics(metrics), "feature_acts": acts.tolist() if acts is not None else None,
@@ -423,8 +496,17 @@ class Experiment:
         fs = self.features()
         return [(c["key"], c.get("scale")) for c in fs.validated_features] if fs is not None else None
 
-    def evaluate(self, lm: LoadedModel) -> dict[str, dict[str, float]]:
-        return {name: evaluate_model(lm, self.the_task(), exs, self.cfg.eval) for name, exs in self.evals().items()}
+    def evaluate(self, lm: LoadedModel, out_dir: Path) -> dict[str, dict[str, float]]:
+        """Metrics per eval file; per-example records to ``out_dir/predictions/<eval>.jsonl``."""
+        from .artifacts import atomic_write_jsonl
+
+        metrics = {}
+        for name, exs in self.evals().items():
+            metrics[name], records = evaluate_model(lm, self.the_task(), exs, self.cfg.eval,
+                                                    self.cfg.use_chat_template)
+            if self.cfg.eval.save_predictions and records:
+                atomic_write_jsonl(out_dir / "predictions" / f"{name}.jsonl", records)
+        return metrics
 
     # ---- one (method, ratio, seed)
     def run_one(self, method: str, ratio: float, seed: int, base: dict[str, Any]) -> dict[str, Any]:
@@ -438,9 +520,8 @@ class Experiment:
                 return cached
             print(f"experiment: {rid}: settings changed since it ran; running it again")
         print(f"experiment: {rid}: selecting")
-        table = self.table(method, seed)
-        chosen = list(range(table.num_rows)) if method == "full" else select_indices(table, ratio=ratio)
         pool = self.pool()
+        chosen = list(range(len(pool))) if method == "full" else select_indices(self.table(method, seed), ratio=ratio)
         selected = [pool[i] for i in chosen]
         atomic_write_json(rdir / "selection.json", {"method": method, "ratio": ratio, "seed": seed,
                                                     "n": len(chosen), "indices": chosen,
@@ -450,7 +531,7 @@ class Experiment:
         trained = (self.trainer or train_model)(self.model(), selected, ft_cfg, rdir / "finetune")
         print(f"experiment: {rid}: evaluating")
         t0 = time.perf_counter()
-        metrics = self.evaluate(trained.lm)
+        metrics = self.evaluate(trained.lm, rdir)
         eval_s = time.perf_counter() - t0
         acts = self.feature_acts(trained.lm)
         del trained.lm
@@ -504,8 +585,9 @@ def run_id(method: str, ratio: float, seed: int) -> str:
 
 
 def eval_name(path: str, taken: Sequence[str]) -> str:
+    """A short file-name-safe name for an eval file: ``gsm8k/test.jsonl`` -> ``gsm8k-test``."""
     p = Path(path)
-    name = p.stem if p.parent.name in ("", ".") else f"{p.parent.name}/{p.stem}"
+    name = p.stem if p.parent.name in ("", ".") else f"{p.parent.name}-{p.stem}"
     return name if name not in taken else f"{name}#{len(taken)}"
 
 
