@@ -85,3 +85,14 @@ def test_bad_pool_line_is_reported_with_file_and_line(setup, tmp_path, capsys):
 def test_unknown_config_key_is_an_error(setup, capsys):
     assert _run(setup, "recall.n_candidatez=3") == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
+    out = tmp_path / "longest.parquet"
+    assert main(["baseline", "longest", "--pool", setup["pool"], "--out", str(out)]) == 0
+    assert _run(setup) == 0
+    assert main(["select", setup["out"], "--ratio", "0.25", "--scores", str(out),
+                 "--output", str(tmp_path / "sel.jsonl")]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "sel.jsonl")]
+    lengths = sorted((len(r["completion"]) for r in setup["pool_rows"]), reverse=True)
+    assert len(rows) == 5 and all(len(r["completion"]) >= lengths[4] for r in rows)

@@ -151,6 +151,50 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return main(argv)
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Score a pool with one of the paper's baselines (same table shape as IGDS)."""
+    from . import baselines
+    from .data import DataSpec, load_examples
+    from .selection import write_score_table
+
+    spec = DataSpec(prompt_field=args.prompt_field, response_field=args.response_field)
+    pool = load_examples(args.pool, spec)
+    if args.method in ("loss", "ifd"):
+        from .model import load_model
+        lm = load_model(args.model)
+        table = (baselines.loss_scores(lm, pool, keep=args.keep, max_length=args.max_length) if args.method == "loss"
+                 else baselines.ifd_scores(lm, pool, max_length=args.max_length))
+    elif args.method == "random":
+        table = baselines.random_scores(pool, seed=args.seed)
+    elif args.method == "zip":
+        table = baselines.zip_scores(pool)
+    else:
+        table = baselines.longest_scores(pool, unit="chars")
+    write_score_table(args.out, table)
+    print(f"{table.num_rows} examples scored by {args.method} -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model (optionally with a LoRA adapter) on a task's data."""
+    from .artifacts import atomic_write_json
+    from .evaluate import evaluate_task
+    from .model import load_model
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    lm = load_model(args.model)
+    if args.adapter:
+        from peft import PeftModel
+        lm.model = PeftModel.from_pretrained(lm.model, args.adapter).merge_and_unload().eval()
+    result = evaluate_task(lm, task, task.load(args.data, limit=args.limit), generate=not args.no_generate,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result["metrics"], indent=2))
+    return 0
+
+
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from .train_sae import main as train_main
 
@@ -198,6 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(fn=cmd_quickstart)
+    p = sub.add_parser("baseline", help="score a pool with Random/Loss/IFD/ZIP/longest (same table as IGDS)")
+    p.add_argument("method", choices=["random", "loss", "ifd", "zip", "longest"])
+    p.add_argument("--pool", required=True)
+    p.add_argument("--out", required=True, help="score table (.parquet); select from it with `igds select --scores`")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", choices=["high", "low"], default="high", help="Loss baseline: hard (high) or easy end")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--prompt-field")
+    p.add_argument("--response-field")
+    p.set_defaults(fn=cmd_baseline)
+    p = sub.add_parser("evaluate", help="task metric + reference loss of a model (or base + LoRA adapter)")
+    p.add_argument("--task", required=True, help="math | summarization | translation | task.yaml")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--adapter")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-generate", action="store_true", help="reference loss only")
+    p.add_argument("--out")
+    p.set_defaults(fn=cmd_evaluate)
     for name, fn, text in (("train-sae", cmd_train_sae, "train TopK SAEs on a model's residual stream"),
                            ("eval-sae", cmd_eval_sae, "variance explained, L0, dead latents, loss recovered"),
                            ("experiment", cmd_experiment, "methods x ratios x seeds -> fine-tune -> evaluate")):
