@@ -206,3 +206,10 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
     preds = list((run_dir / "experiment" / "runs" / "igds-r0.5-s0" / "predictions").glob("*eval.jsonl"))
     assert len(preds) == 1 and len(preds[0].read_text().splitlines()) == 4
     assert "experiment/results.json</code> not found" not in (run_dir / "report.html").read_text()
+
+
+def test_cli_entry_reports_config_errors(tmp_path, capsys):
+    p = tmp_path / "exp.yaml"
+    p.write_text("pool: {path: a.jsonl}\neval: {paths: [b.jsonl]}\nmethods: [random]\n")
+    assert ex.main(["--config", str(p), "ratios=[2]"]) == 2
+    assert "ratios" in capsys.readouterr().err

@@ -754,10 +754,33 @@ def run_experiment(cfg: ExperimentConfig, lm: LoadedModel | None = None, task: A
     return Experiment(cfg, lm=lm, task=task).run()
 
 
-def main(config: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Entry point for ``igds experiment --config exp.yaml [key=value ...]``."""
+def run_from_config(config: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Load ``config`` with ``key=value`` overrides, run the experiment, print the table."""
     cfg = load_experiment_config(config, overrides)
     results = run_experiment(cfg)
     print(results_markdown(results))
     print(f"results: {Path(cfg.out) / 'experiment'}")
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``igds experiment --config exp.yaml [key=value ...]``."""
+    import argparse
+    import sys
+
+    from .data import DataError
+
+    parser = argparse.ArgumentParser(prog="igds experiment", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (see examples/experiment_gsm8k_small.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1,2] finetune.epochs=1")
+    args = parser.parse_args(argv)
+    try:
+        run_from_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
