@@ -195,22 +195,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_sae(args: argparse.Namespace) -> int:
-    from .train_sae import main as train_main
-
-    return train_main(args.rest)
-
-
-def cmd_eval_sae(args: argparse.Namespace) -> int:
-    from .eval_sae import main as eval_main
-
-    return eval_main(args.rest)
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import main as experiment_main
-
-    return experiment_main(args.rest)
+# Subcommands whose modules own their full argument parsers: argv is handed over as is.
+PASSTHROUGH = {
+    "train-sae": ("train_sae", "train TopK SAEs on a model's residual stream"),
+    "eval-sae": ("eval_sae", "variance explained, L0, dead latents, loss recovered"),
+    "experiment": ("experiment", "methods x ratios x seeds -> fine-tune -> evaluate"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,22 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="reference loss only")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_evaluate)
-    for name, fn, text in (("train-sae", cmd_train_sae, "train TopK SAEs on a model's residual stream"),
-                           ("eval-sae", cmd_eval_sae, "variance explained, L0, dead latents, loss recovered"),
-                           ("experiment", cmd_experiment, "methods x ratios x seeds -> fine-tune -> evaluate")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=fn)
+    for name, (_module, text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        module = importlib.import_module(f"igds.{PASSTHROUGH[argv[0]][0]}")
+        return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError) as e:
         from .data import DataError
-        if isinstance(e, DataError) or type(e) in (ValueError, FileNotFoundError, KeyError, RuntimeError):
+        if isinstance(e, DataError) or type(e) in (ValueError, FileNotFoundError, KeyError, RuntimeError,
+                                                   FloatingPointError):
             print(f"igds {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
             return 2
         raise

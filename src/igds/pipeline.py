@@ -23,7 +23,7 @@ from .data import DataSpec, Example, iter_examples, load_examples, tokenize_exam
 from .features import FeatureSet, find_task_features
 from .model import LoadedModel, load_model
 from .sae import SAE, check_compatible, load_sae
-from .scoring import score_pool, source_fingerprint
+from .scoring import source_fingerprint
 from .selection import read_score_table, select_indices
 
 BUILTIN_REFERENCE = Path(__file__).parent / "assets" / "reference" / "generic_instructions.jsonl"
@@ -160,6 +160,8 @@ def versions() -> dict[str, str]:
 
 def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
     """Stage 1 + Stage 2 + selection (+ report), resumable in ``cfg.out``."""
+    from .engines import score_features
+
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -173,9 +175,7 @@ def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
     fs = find_features(cfg, lm, saes, run_dir)
     timings["features"] = time.time() - t
     t = time.time()
-    table = score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, run_dir,
-                       use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit)
-    assert table is not None
+    table = score_features(cfg, lm, saes, fs, run_dir)
     timings["scoring"] = time.time() - t
     selection, n = write_selection(run_dir, cfg, table, cfg.select.ratio if cfg.select.budget is None else None,
                                    cfg.select.budget)
@@ -208,11 +208,10 @@ def reselect(run_dir: str | Path, ratio: float | None = None, budget: int | None
 
 def igds_scores(lm: LoadedModel, cfg: RunConfig, run_dir: str | Path) -> tuple[pa.Table, FeatureSet]:
     """Stage 1 + Stage 2 for the experiment runner: the IGDS score table of ``cfg.pool``."""
+    from .engines import score_features
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saes = load_saes(cfg, lm)
     fs = find_features(cfg, lm, saes, run_dir)
-    table = score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, run_dir,
-                       use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit)
-    assert table is not None
-    return table, fs
+    return score_features(cfg, lm, saes, fs, run_dir), fs

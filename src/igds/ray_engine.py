@@ -102,12 +102,13 @@ def _from_ipc(blob: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
-def pending_shards(cfg: RunConfig, lm_name: str, saes: dict[int, SAE], features: FeatureSet,
+def pending_shards(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet,
                    run_dir: Path) -> tuple[Path, list[dict[str, Any]], int]:
     """The cache folder, the shards it lacks (as Dataset rows) and the pool's shard count."""
     score = cfg.score
     source, spec = resolve_source(cfg.pool, "pool"), data_spec(cfg.pool)
-    key = score_cache_key(lm_name, saes, features, score, source, spec, cfg.use_chat_template, cfg.pool.limit)
+    key = score_cache_key(lm.name, saes, features, score, source, spec, cfg.use_chat_template, cfg.pool.limit,
+                          str(lm.dtype).replace("torch.", ""))
     shard_dir = run_dir / "cache" / f"scores-{key}"
     # The same stream as the local engine: bad rows raise here (or are skipped) exactly as there.
     stream = iter_examples(source, spec, skip_bad=cfg.skip_bad)
@@ -162,7 +163,7 @@ def score_pool_ray(cfg: RunConfig, features: FeatureSet, run_dir: str | Path, *,
     if lm is None:
         lm = load_model(cfg.model.name, "cpu", cfg.model.dtype, cfg.model.trust_remote_code)
     saes = saes if saes is not None else load_saes(cfg, lm)
-    shard_dir, rows, n_shards = pending_shards(cfg, lm.name, saes, features, run_dir)
+    shard_dir, rows, n_shards = pending_shards(cfg, lm, saes, features, run_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     print(f"ray: scoring {len(rows)} of {n_shards} shards ({n_shards - len(rows)} cached in {shard_dir})")
     if rows:

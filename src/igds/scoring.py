@@ -98,6 +98,11 @@ class FeatureScorer:
                 agg = per_tok.sum(dim=1)
                 if cfg.aggregation == "mean":
                     agg = agg / count.clamp_min(1).unsqueeze(-1)
+            if not torch.isfinite(agg).all():  # a float32 sum can overflow even when every token is finite
+                i = int((~torch.isfinite(agg)).any(dim=1).nonzero()[0])
+                ex = examples[batch.indices[i]]
+                raise FloatingPointError(f"{ex.source}:{ex.line}: feature activations of example {ex.id!r} "
+                                         f"overflow when aggregated ({cfg.aggregation}); use aggregation=mean")
             acts[batch.indices] = agg.double().cpu().numpy()
             n_tokens[batch.indices] = count.cpu().numpy()
             if cfg.top_examples > 0:
@@ -168,11 +173,13 @@ def source_fingerprint(source: str) -> str:
 
 
 def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
-                    pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None) -> str:
+                    pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
+                    dtype: str = "float32") -> str:
+    """Hash of everything the scores depend on (bf16 and fp32 shards never mix)."""
     relevant = {k: v for k, v in asdict(cfg).items()
                 if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
     return stable_hash({
-        "model": lm_name,
+        "model": lm_name, "dtype": dtype,
         "saes": [s.describe() for _, s in sorted(saes.items())],
         "features": [(c["key"], c.get("scale")) for c in features.validated_features],
         "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
@@ -188,7 +195,8 @@ def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool
 
     ``max_new_shards`` stops after that many newly computed shards (used to test resume)."""
     run_dir = Path(run_dir)
-    key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit)
+    key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit,
+                          str(lm.dtype).replace("torch.", ""))
     shard_dir = run_dir / "cache" / f"scores-{key}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     scorer = scorer or FeatureScorer(lm, saes, features, cfg, use_chat_template)
