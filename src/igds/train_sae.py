@@ -23,9 +23,11 @@ Two data modes:
 
 * ``activation_tokens = N`` (cache mode): collect N activation tokens once, keep
   them (``out_dir/activation_cache``), and train ``total_tokens`` over them in
-  epochs with a fresh seeded permutation each epoch. On CPUs the forward is far
-  slower than an SAE step (about 1,400 vs 10,000+ tokens/s for SmolLM2 layer 15 on
-  2 cores), so reusing activations for a few epochs is the cheap way to train.
+  epochs with a fresh seeded permutation each epoch. On CPUs the forward is several
+  times slower than an SAE step (SmolLM2 layer 15 on 2 cores: ~300-1,400 tokens/s
+  collected vs ~1,500-3,000 tokens/s trained at 8x width, batch 1,024; see
+  ``benchmarks/results/sae_training.md``), so reusing activations for a few epochs
+  is the cheap way to train.
 * ``activation_tokens = None`` (streaming): fill a buffer of ``buffer_tokens``
   activations, permute it, train through it once, refill. When the data is used
   up a new pass starts with a new example order (logged).
@@ -445,8 +447,7 @@ ChunkFn = Callable[[int, int], tuple[dict[int, torch.Tensor], int]]
 
 
 def _run(cfg: TrainSAEConfig, layers: list[int], d_in: int, d_sae: int, get_chunk: ChunkFn,
-         out_dir: Path | None, device: torch.device, extra_meta: Callable[[int], dict[str, Any]]
-         ) -> dict[int, TopKTrainer]:
+         out_dir: Path | None, device: torch.device) -> dict[int, TopKTrainer]:
     """The training loop shared by both entry points: chunk -> permutation -> steps; checkpoints."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -588,7 +589,7 @@ def train_sae(cfg: TrainSAEConfig, lm: Any = None) -> dict[int, Path]:
             collect_seconds += time.perf_counter() - t
             return acts, nxt
 
-    trainers = _run(cfg, layers, lm.d_model, d_sae, get_chunk, out_dir, lm.device, lambda L: {})
+    trainers = _run(cfg, layers, lm.d_model, d_sae, get_chunk, out_dir, lm.device)
     thresholds = thresholds or stream.thresholds or {}
     wall = time.perf_counter() - t_start
     done = _checkpoint_step(out_dir) >= cfg.total_tokens // cfg.batch_tokens
@@ -705,7 +706,7 @@ def train_on_activations(acts: torch.Tensor | dict[int, torch.Tensor], cfg: Trai
     od = Path(out_dir) if out_dir is not None else None
     if od is not None:
         od.mkdir(parents=True, exist_ok=True)
-    trainers = _run(cfg, layers, d_in, d_sae, lambda c, b: (data, 0), od, torch.device(device), lambda L: {})
+    trainers = _run(cfg, layers, d_in, d_sae, lambda c, b: (data, 0), od, torch.device(device))
     return {L: t.to_sae(_metadata(cfg, L, t.scale, {})) for L, t in trainers.items()}
 
 
