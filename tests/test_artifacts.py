@@ -1,0 +1,31 @@
+import os
+
+import pytest
+
+from igds.artifacts import atomic_write_text, stable_hash
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "old")
+    from igds.artifacts import atomic_path
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_files_get_umask_mode_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
