@@ -34,7 +34,8 @@ def score_features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], fs: Fe
 
         return score_pool_ray(cfg, fs, run_dir, lm=lm, saes=saes)
     table = score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, run_dir,
-                       use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit)
+                       use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit,
+                       split=cfg.pool.split)
     assert table is not None  # only an explicit max_new_shards stops early
     return table
 

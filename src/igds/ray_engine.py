@@ -108,10 +108,10 @@ def pending_shards(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], featur
     score = cfg.score
     source, spec = resolve_source(cfg.pool, "pool"), data_spec(cfg.pool)
     key = score_cache_key(lm.name, saes, features, score, source, spec, cfg.use_chat_template, cfg.pool.limit,
-                          str(lm.dtype).replace("torch.", ""))
+                          str(lm.dtype).replace("torch.", ""), cfg.pool.split)
     shard_dir = run_dir / "cache" / f"scores-{key}"
     # The same stream as the local engine: bad rows raise here (or are skipped) exactly as there.
-    stream = iter_examples(source, spec, skip_bad=cfg.skip_bad)
+    stream = iter_examples(source, spec, split=cfg.pool.split, skip_bad=cfg.skip_bad)
     if cfg.pool.limit is not None:
         stream = (ex for _, ex in zip(range(cfg.pool.limit), stream))
     rows, offset, n = [], 0, 0
@@ -178,7 +178,7 @@ def score_pool_ray(cfg: RunConfig, features: FeatureSet, run_dir: str | Path, *,
     # Every shard is cached now: the local engine assembles (and re-checks) the table.
     table = score_pool(lm, saes, features, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score,
                        run_dir, use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad,
-                       limit=cfg.pool.limit, max_new_shards=0)
+                       limit=cfg.pool.limit, max_new_shards=0, split=cfg.pool.split)
     if table is None:
         raise RuntimeError(f"{shard_dir}: shards are missing after the Ray run; run again to resume")
     return table

@@ -174,7 +174,7 @@ def source_fingerprint(source: str) -> str:
 
 def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
                     pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
-                    dtype: str = "float32") -> str:
+                    dtype: str = "float32", split: str | None = None) -> str:
     """Hash of everything the scores depend on (bf16 and fp32 shards never mix)."""
     relevant = {k: v for k, v in asdict(cfg).items()
                 if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
@@ -183,25 +183,25 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
         "saes": [s.describe() for _, s in sorted(saes.items())],
         "features": [(c["key"], c.get("scale")) for c in features.validated_features],
         "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
-        "chat": use_chat_template, "limit": limit,
+        "chat": use_chat_template, "limit": limit, "split": split,
     })
 
 
 def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool_source: str,
                spec: DataSpec, cfg: ScoreConfig, run_dir: str | Path, *, use_chat_template: bool = True,
                skip_bad: bool = False, limit: int | None = None, max_new_shards: int | None = None,
-               scorer: FeatureScorer | None = None) -> pa.Table | None:
+               scorer: FeatureScorer | None = None, split: str | None = None) -> pa.Table | None:
     """Score a pool into ``RUN_DIR/scores.parquet`` (resumable; returns None if stopped early).
 
     ``max_new_shards`` stops after that many newly computed shards (used to test resume)."""
     run_dir = Path(run_dir)
     key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit,
-                          str(lm.dtype).replace("torch.", ""))
+                          str(lm.dtype).replace("torch.", ""), split)
     shard_dir = run_dir / "cache" / f"scores-{key}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     scorer = scorer or FeatureScorer(lm, saes, features, cfg, use_chat_template)
     rejects = Rejects()
-    stream = iter_examples(pool_source, spec, skip_bad=skip_bad, rejects=rejects)
+    stream = iter_examples(pool_source, spec, split=split, skip_bad=skip_bad, rejects=rejects)
     if limit is not None:
         stream = (ex for i, ex in zip(range(limit), stream))
     tables, tops, n_truncated, computed, offset = [], [], 0, 0, 0
