@@ -105,7 +105,7 @@ def bench(args) -> dict:
     bare()  # warm-up (allocator, kernels)
     _, res["bare_s"] = timed(bare)
     fs = random_features(sae, args.features)
-    scorer = FeatureScorer(lm, {LAYER: sae}, fs, ScoreConfig(top_examples=0))
+    scorer = FeatureScorer(lm, {LAYER: sae}, fs, ScoreConfig(top_examples=0, max_length=args.max_length))
     _, res["igds_s"] = timed(lambda: scorer.activations(exs))
     _, res["loss_s"] = timed(lambda: loss_scores(lm, exs, max_length=args.max_length))
     _, res["ifd_s"] = timed(lambda: ifd_scores(lm, exs, max_length=args.max_length))
@@ -120,7 +120,8 @@ def bench(args) -> dict:
     for name, cached in (("filter_cached_s", True), ("filter_naive_s", False)):
         (base, amp), res[name] = timed(lambda: feature_effects(lm, sae, LAYER, feats, ids, mask, tgt, edit, 4.0,
                                                                chunk=8, cached_prefix=cached))
-        res[name.replace("_s", "_delta_mean")] = float((base - amp).mean())
+        # examples whose response was truncated away have no target: NaN, left out of the mean
+        res[name.replace("_s", "_delta_mean")] = float(np.nanmean((base - amp).cpu().numpy()))
     res["filter_features"], res["filter_val"] = len(feats), len(val)
 
     gflops = matmul_gflops()
@@ -131,18 +132,26 @@ def bench(args) -> dict:
 
 
 def memory_run(n: int, max_length: int) -> dict:
-    """Score ``n`` short examples in this process; report peak RSS (run in a fresh process)."""
+    """Score a pool file of ``n`` examples with the streaming local engine; peak RSS (fresh process)."""
+    import tempfile
+
+    from igds.data import DataSpec
+    from igds.scoring import score_pool
+
     lm = load_model("smollm2-135m")
     sae = load_sae("default", model_name="smollm2-135m", layer=LAYER)
-    path = SHARED / "instruction_pool" / "t0_pool.jsonl"
-    exs = load_examples(path)
-    exs = (exs * (n // len(exs) + 1))[:n]
+    src = SHARED / "instruction_pool" / "t0_pool.jsonl"
+    rows = [json.loads(line) for line in open(src, encoding="utf-8")]
+    work = Path(tempfile.mkdtemp(prefix="igds-mem-"))
+    with open(work / "pool.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({**rows[i % len(rows)], "id": f"m{i}"}) + "\n")
+    del rows
     fs = random_features(sae, 16)
-    scorer = FeatureScorer(lm, {LAYER: sae}, fs, ScoreConfig(top_examples=8, max_length=max_length))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    for start in range(0, n, 512):  # the shard loop of score_pool, without the disk
-        scorer.score(exs[start:start + 512], start)
+    score_pool(lm, {LAYER: sae}, fs, str(work / "pool.jsonl"), DataSpec(),
+               ScoreConfig(max_length=max_length, shard_size=512), work / "run")
     return {"n": n, "seconds": time.perf_counter() - t, "rss_before_mb": before / 1024,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -172,8 +181,10 @@ def markdown(res: dict, mem: list[dict]) -> str:
         f"{res['matmul_gflops']:.0f} GFLOP/s fp32 matmul peak ({res['bare_gflops'] / res['matmul_gflops']:.0%})",
     ]
     if mem:
-        lines += ["", "| pool size | seconds | peak RSS (MB) |", "|---|---|---|"]
-        lines += [f"| {m['n']} | {m['seconds']:.0f} | {m['peak_rss_mb']:.0f} |" for m in mem]
+        lines += ["", f"Peak memory of `score_pool` (streaming, shards of 512, max_length {mem[0].get('max_length')}), "
+                  "each pool in a fresh process:", "",
+                  "| pool size | seconds | RSS after model load (MB) | peak RSS (MB) |", "|---|---|---|---|"]
+        lines += [f"| {m['n']} | {m['seconds']:.0f} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} |" for m in mem]
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +197,7 @@ def main() -> None:
     p.add_argument("--filter-features", type=int, default=16)
     p.add_argument("--memory", action="store_true", help="also measure peak memory at 1k/4k/16k examples")
     p.add_argument("--memory-sizes", default="1000,4000,16000")
-    p.add_argument("--memory-max-length", type=int, default=32)
+    p.add_argument("--memory-max-length", type=int, default=24)
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
     args = p.parse_args()
@@ -199,7 +210,7 @@ def main() -> None:
         for n in map(int, args.memory_sizes.split(",")):
             out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--memory-max-length",
                                   str(args.memory_max_length)], check=True, capture_output=True, text=True)
-            mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            mem.append({**json.loads(out.stdout.strip().splitlines()[-1]), "max_length": args.memory_max_length})
     text = markdown(res, mem)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
