@@ -34,7 +34,7 @@ import torch
 
 from igds.activations import count_mask, iter_activation_batches, pad
 from igds.baselines import ifd_scores, loss_scores
-from igds.config import FilterConfig, ScoreConfig
+from igds.config import ScoreConfig
 from igds.data import load_examples, tokenize_example
 from igds.features import FeatureSet
 from igds.intervention import feature_effects
