@@ -50,3 +50,19 @@ def plant_always_on(sae: SAE, feature: int, value: float = 1.0) -> None:
     with torch.no_grad():
         sae.W_enc[:, feature] = 0
         sae.b_enc[feature] = value
+
+
+def save_model_and_seven_detector(lm, folder, on_texts: list[str], off_texts: list[str]):
+    """Save the tiny model and an SAE whose feature 5 fires on "7" (feature 2 always on) to disk.
+
+    Returns ``(model_dir, sae_dir)`` for tests that drive the CLI or the experiment runner."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    lm.model.save_pretrained(folder / "model")
+    lm.tokenizer.save_pretrained(folder / "model")
+    sae = blank_sae(lm, 1)
+    plant_detector(lm, sae, 5, 1, on_texts, off_texts, "7")
+    plant_always_on(sae, 2)
+    sae.save(folder / "sae")
+    return folder / "model", folder / "sae"

@@ -7,7 +7,7 @@ import pytest
 
 from igds.cli import main
 
-from planted import blank_sae, plant_always_on, plant_detector
+from planted import save_model_and_seven_detector
 
 TASK = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(16)]
 REF = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "it is green"} for i in range(12)]
@@ -20,13 +20,8 @@ def _write(path, rows):
 
 @pytest.fixture
 def setup(tiny_lm, tmp_path):
-    model_dir = tmp_path / "model"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
-    sae = blank_sae(tiny_lm, 1)
-    plant_detector(tiny_lm, sae, 5, 1, [r["instruction"] for r in TASK], [r["instruction"] for r in REF], "7")
-    plant_always_on(sae, 2)
-    sae.save(tmp_path / "sae")
+    model_dir, _ = save_model_and_seven_detector(tiny_lm, tmp_path, [r["instruction"] for r in TASK],
+                                                 [r["instruction"] for r in REF])
     pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
              "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(20)]
     return {"model": str(model_dir), "sae": str(tmp_path / "sae"), "task": _write(tmp_path / "task.jsonl", TASK),

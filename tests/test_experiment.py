@@ -153,7 +153,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
     """IGDS and an ablation through the real pipeline (planted SAE), amplification per run, report."""
-    from planted import blank_sae, plant_always_on, plant_detector
+    from planted import save_model_and_seven_detector
 
     pytest.importorskip("matplotlib")
     task_rows = [{"id": f"t{i}", "prompt": f"add 7{i} and 17", "completion": f"7{i + 17}"} for i in range(16)]
@@ -167,12 +167,8 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
                        ("eval", eval_rows)):
         paths[name] = tmp_path / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tiny_lm.model.save_pretrained(tmp_path / "model")
-    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
-    sae = blank_sae(tiny_lm, 1)
-    plant_detector(tiny_lm, sae, 5, 1, [r["prompt"] for r in task_rows], [r["prompt"] for r in ref_rows], "7")
-    plant_always_on(sae, 2)
-    sae.save(tmp_path / "sae")
+    save_model_and_seven_detector(tiny_lm, tmp_path, [r["prompt"] for r in task_rows],
+                                  [r["prompt"] for r in ref_rows])
     cfg = load_experiment_config(None, {
         "out": str(tmp_path / "run"), "task": TASK, "model": {"name": str(tmp_path / "model")},
         "sae": {"paths": [str(tmp_path / "sae")]}, "reference": {"path": str(paths["ref"])},

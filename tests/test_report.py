@@ -297,7 +297,7 @@ def test_pool_mix_falls_back_to_selection_when_rows_were_rejected(run_dir: Path)
 
 def test_report_of_a_real_pipeline_run(tiny_lm, tmp_path: Path) -> None:
     """`igds run` on the tiny model with a planted SAE writes report.html from its real artifacts."""
-    from planted import blank_sae, plant_always_on, plant_detector
+    from planted import save_model_and_seven_detector
 
     from igds.cli import main
 
@@ -305,12 +305,7 @@ def test_report_of_a_real_pipeline_run(tiny_lm, tmp_path: Path) -> None:
     ref = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "green"} for i in range(10)]
     pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a <b>colour</b> {i}",
              "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(16)]
-    tiny_lm.model.save_pretrained(tmp_path / "model")
-    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
-    sae = blank_sae(tiny_lm, 1)
-    plant_detector(tiny_lm, sae, 5, 1, [r["instruction"] for r in task], [r["instruction"] for r in ref], "7")
-    plant_always_on(sae, 2)
-    sae.save(tmp_path / "sae")
+    save_model_and_seven_detector(tiny_lm, tmp_path, [r["instruction"] for r in task], [r["instruction"] for r in ref])
     for name, rows in (("task", task), ("ref", ref), ("pool", pool)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
