@@ -52,6 +52,9 @@ def test_runner_resumes_without_redoing_runs(setup):
         ("random", 0.5, 0), ("random", 0.5, 1), ("longest", 0.5, 0), ("longest", 0.5, 1),
         ("full", 1.0, 0), ("full", 1.0, 1)}
     assert all(r["n_train"] == (10 if r["method"] == "full" else 5) for r in first["runs"])
+    # seeds outermost: a run stopped part-way has every method at seed 0 first
+    assert [c.parent.name for c in calls] == ["random-r0.5-s0", "longest-r0.5-s0", "full-r1-s0",
+                                              "random-r0.5-s1", "longest-r0.5-s1", "full-r1-s1"]
     exp_dir = ex.Path(cfg.out) / "experiment"
     md1 = (exp_dir / "results.md").read_text()
     csv1 = (exp_dir / "results.csv").read_text()

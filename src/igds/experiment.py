@@ -548,12 +548,12 @@ class Experiment:
         return res
 
     def plan(self) -> list[tuple[str, float, int]]:
+        """Seeds outermost: an experiment stopped part-way has every method at the first seed."""
         out = []
-        for method in self.cfg.methods:
-            ratios = [1.0] if method == "full" else list(self.cfg.ratios)
-            for ratio in ratios:
-                for seed in self.cfg.seeds:
-                    out.append((method, float(ratio), int(seed)))
+        for seed in self.cfg.seeds:
+            for method in self.cfg.methods:
+                ratios = [1.0] if method == "full" else list(self.cfg.ratios)
+                out.extend((method, float(ratio), int(seed)) for ratio in ratios)
         return out
 
     def run(self) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""Quality benchmark: the paper's comparison at our scale, one experiment per task.
+
+    python benchmarks/quality.py                      # every task, every seed in its config
+    python benchmarks/quality.py --tasks math --seeds 0   # a part (resumable; finished runs are skipped)
+
+Each task is an ``igds experiment`` config in ``benchmarks/quality/<task>.yaml``
+(SmolLM2-135M, the shipped layer-15 SAE, within-task selection of 50% from a fixed pool,
+methods Full / Random / Loss / IFD / ZIP / longest / IGDS and the two IGDS ablations).
+The experiments write ``runs/bench/quality-<task>/``; this script then collects every
+finished run into ``benchmarks/results/quality.md`` (mean ± std over seeds, base model,
+targets met or not) and ``quality.json``. Compute time is summed from the runs' own
+records, so a table assembled over several invocations still reports what it cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from igds.experiment import (Experiment, build_results, check_config, fmt_cell, headline_metric,
+                             load_experiment_config, run_experiment)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "benchmarks" / "quality"
+TASKS = ("math", "summarization", "translation")
+METHOD_ORDER = ("full", "random", "loss", "ifd", "zip", "longest", "igds", "igds_recall_only",
+                "igds_random_candidates")
+LABELS = {"full": "Full (100%)", "random": "Random", "loss": "Loss (highest)", "ifd": "IFD (highest)",
+          "zip": "ZIP", "longest": "longest response", "igds": "**IGDS**",
+          "igds_recall_only": "IGDS, recall only (no causal filter)",
+          "igds_random_candidates": "IGDS, random candidates (no recall)"}
+
+
+def collect(cfg_path: Path) -> dict[str, Any] | None:
+    """Every finished run of one task's experiment (any invocation), as results.json's schema."""
+    cfg = load_experiment_config(cfg_path)
+    check_config(cfg)
+    exp = Experiment(cfg)
+    base_path = exp.exp_dir / "base" / "result.json"
+    if not base_path.exists():
+        return None
+    base = read_json(base_path)
+    runs, seconds = [], 0.0
+    for method, ratio, seed in exp.plan():
+        path = exp.exp_dir / "runs" / f"{method}-r{ratio:g}-s{seed}" / "result.json"
+        if path.exists():
+            r = read_json(path)
+            runs.append(r)
+            seconds += (r.get("finetune") or {}).get("seconds") or 0.0
+            seconds += r.get("eval_seconds") or 0.0
+    task = exp.the_task()
+    results = build_results(cfg, headline_metric(task), base, runs)
+    results["run_seconds"] = round(seconds, 1)
+    results["planned_runs"] = len(exp.plan())
+    results["config"] = str(cfg_path.relative_to(ROOT))
+    results["features"] = {}
+    for method in ("igds", "igds_recall_only", "igds_random_candidates"):
+        path = (exp.run_dir if method == "igds" else exp.run_dir / "ablations" / method) / "features.json"
+        if path.exists():
+            fs = read_json(path)
+            results["features"][method] = {"candidates": len(fs["candidates"]), "validated": len(fs["validated"])}
+    return results
+
+
+def cell(summary: dict[str, Any], key: str, digits: int = 4) -> str:
+    m = summary["metrics"].get(key)
+    return fmt_cell(m["mean"], m["std"], digits) if m else "–"
+
+
+def task_table(res: dict[str, Any]) -> list[str]:
+    metric = res["metric"]
+    names = [metric, *sorted({k for c in res["summary"] for k in c["metrics"]} - {metric, "ref_loss"}), "ref_loss"]
+    head = ["method", "n seeds", "n train", *[f"`{n}`" for n in names], f"gain in `{metric}`", "feature amplification"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = res["base"]["metrics"]
+    lines.append("| base model (no fine-tuning) | – | – | " + " | ".join(fmt_cell(base.get(k), None) for k in names)
+                 + " | – | – |")
+    by_method = {c["method"]: c for c in res["summary"]}
+    for method in METHOD_ORDER:
+        c = by_method.get(method)
+        if c is None:
+            continue
+        g, a = c["task_gain"], c["feature_amplification"]
+        lines.append(f"| {LABELS[method]} | {c['n']} | {c['n_train']} | " + " | ".join(cell(c, k) for k in names)
+                     + f" | {fmt_cell(g['mean'], g['std'])} | {fmt_cell(a['mean'], a['std'], 3)} |")
+    return lines
+
+
+def targets(res: dict[str, Any]) -> list[str]:
+    """The issue's quality targets, checked on the means (higher metric / lower ref_loss is better)."""
+    by = {c["method"]: c for c in res["summary"]}
+    metric = res["metric"]
+    out = []
+    for other in ("random", "full"):
+        if "igds" not in by or other not in by:
+            continue
+        i, o = by["igds"]["metrics"], by[other]["metrics"]
+        better_metric = i[metric]["mean"] > o[metric]["mean"] if other == "random" else \
+            i[metric]["mean"] >= o[metric]["mean"]
+        better_loss = i["ref_loss"]["mean"] < o["ref_loss"]["mean"] if other == "random" else \
+            i["ref_loss"]["mean"] <= o["ref_loss"]["mean"]
+        word = "above" if other == "random" else "at least"
+        out.append(f"- IGDS@50% {word} {LABELS[other]} in `{metric}`: **{'met' if better_metric else 'not met'}** "
+                   f"({i[metric]['mean']:.4f} vs {o[metric]['mean']:.4f}); in reference loss: "
+                   f"**{'met' if better_loss else 'not met'}** ({i['ref_loss']['mean']:.4f} vs "
+                   f"{o['ref_loss']['mean']:.4f}, lower is better).")
+    return out
+
+
+def markdown(all_results: dict[str, dict[str, Any]]) -> str:
+    import torch
+    import transformers
+
+    lines = ["# Quality benchmark (generated by `python benchmarks/quality.py`)", "",
+             f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {torch.get_num_threads()} torch "
+             f"threads, CPU only. Python {platform.python_version()}, torch {torch.__version__}, "
+             f"transformers {transformers.__version__}.", ""]
+    for task, res in all_results.items():
+        corr = res["correlation"]
+        lines += [f"## {task}", "",
+                  f"Config: `{res['config']}`; {len(res['runs'])} of {res['planned_runs']} planned runs finished; "
+                  f"fine-tuning + evaluation time of those runs: {res['run_seconds'] / 60:.1f} min. "
+                  "Features scored (validated of candidates): " +
+                  (", ".join(f"{LABELS[m].strip('*')} {f['validated']} of {f['candidates']}"
+                             for m, f in res["features"].items()) or "–") + ".", ""]
+        lines += task_table(res)
+        lines += ["", *targets(res)]
+        if corr.get("pearson") is not None:
+            lines += ["", f"Feature amplification vs gain in `{res['metric']}` over all runs: Pearson r = "
+                      f"{corr['pearson']:.3f} (p = {corr['pearson_p']:.2g}), Spearman ρ = {corr['spearman']:.3f} "
+                      f"(p = {corr['spearman_p']:.2g}), n = {corr['n']}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--seeds", nargs="+", type=int, help="run only these seeds now (default: the config's)")
+    ap.add_argument("--collect-only", action="store_true", help="rebuild the tables from finished runs only")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
+    args = ap.parse_args(argv)
+    log_path = Path(args.out).with_name("quality_invocations.json")
+    for task in args.tasks if not args.collect_only else []:
+        overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
+        cfg = load_experiment_config(CONFIGS / f"{task}.yaml", overrides)
+        t0 = time.perf_counter()
+        run_experiment(cfg)
+        log = read_json(log_path) if log_path.exists() else []
+        log.append({"task": task, "overrides": overrides, "date": date.today().isoformat(),
+                    "wall_s": round(time.perf_counter() - t0, 1)})
+        atomic_write_json(log_path, log)
+    all_results = {t: r for t in TASKS if (r := collect(CONFIGS / f"{t}.yaml")) is not None}
+    if not all_results:
+        print("no finished experiments to collect")
+        return 1
+    atomic_write_text(Path(args.out), markdown(all_results))
+    atomic_write_json(Path(args.out).with_suffix(".json"),
+                      {t: {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+                       for t, r in all_results.items()})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
