@@ -23,9 +23,10 @@ def test_restricted_encode_equals_full_columns(arch):
     sae = random_sae(arch)
     x = torch.randn(5, 7, 16)
     full = sae.encode(x)
-    cols = [3, 17, 42, 0]
-    torch.testing.assert_close(sae.encode(x, cols), full[..., cols])
-    assert full.count_nonzero() > 0
+    cols = [3, 17, 42, 0, int(full[0, 0].argmax())]  # the last one is on for at least one token
+    restricted = sae.encode(x, cols)
+    torch.testing.assert_close(restricted, full[..., cols])
+    assert restricted.count_nonzero() > 0 and (restricted == 0).any()
 
 
 def test_restricted_encode_reads_only_its_columns():

@@ -125,12 +125,14 @@ class SAE(nn.Module):
 
     def _encode_normalized(self, x: torch.Tensor, features: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         if self.architecture == "topk":
-            pre = self._pre_normalized(x, None)
+            pre = self._pre_normalized(x, None)  # the top-k needs every pre-activation
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-            acts = torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
             if features is None:
-                return acts
-            return acts[..., torch.as_tensor(features, dtype=torch.long, device=acts.device)]
+                return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+            # a feature is on iff it reaches the k-th largest pre-activation; this skips
+            # materialising the dense (tokens, d_sae) activation tensor for a few columns
+            sel = pre[..., torch.as_tensor(features, dtype=torch.long, device=pre.device)]
+            return sel.relu() * (sel >= vals.amin(dim=-1, keepdim=True))
         pre = self._pre_normalized(x, features)
         if self.architecture == "standard":
             return pre.relu()
