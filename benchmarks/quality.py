@@ -1,7 +1,8 @@
 """Quality benchmark: the paper's comparison at our scale, one experiment per task.
 
     python benchmarks/quality.py                      # every task, every seed in its config
-    python benchmarks/quality.py --tasks math --seeds 0   # a part (resumable; finished runs are skipped)
+    python benchmarks/quality.py --tasks math --seeds 1 2 --methods igds random   # a part
+                                                      # (resumable: finished runs are skipped)
 
 Each task is an ``igds experiment`` config in ``benchmarks/quality/<task>.yaml``
 (SmolLM2-135M, the shipped layer-15 SAE, within-task selection of 50% from a fixed pool,
@@ -143,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--seeds", nargs="+", type=int, help="run only these seeds now (default: the config's)")
+    ap.add_argument("--methods", nargs="+", choices=METHOD_ORDER,
+                    help="run only these methods now (default: the config's); the tables list every finished run")
     ap.add_argument("--collect-only", action="store_true", help="rebuild the tables from finished runs only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
     args = ap.parse_args(argv)
     log_path = Path(args.out).with_name("quality_invocations.json")
     for task in args.tasks if not args.collect_only else []:
         overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
+        overrides += [f"methods=[{','.join(args.methods)}]"] if args.methods else []
         cfg = load_experiment_config(CONFIGS / f"{task}.yaml", overrides)
         t0 = time.perf_counter()
         run_experiment(cfg)
