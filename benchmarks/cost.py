@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from igds.activations import count_mask, iter_activation_batches, length_batches, pad
+from igds.artifacts import atomic_write_text
 from igds.baselines import answer_only, ifd_scores, loss_scores
 from igds.config import ScoreConfig
 from igds.data import load_examples, tokenize_example
@@ -239,9 +240,8 @@ def main() -> None:
                                   str(args.memory_max_length)], check=True, capture_output=True, text=True)
             mem.append({**json.loads(out.stdout.strip().splitlines()[-1]), "max_length": args.memory_max_length})
     text = markdown(res, mem)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"results": res, "memory": mem}, indent=2))
+    atomic_write_text(Path(args.out), text)
+    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps({"results": res, "memory": mem}, indent=2))
     print(text)
 
 
