@@ -45,6 +45,7 @@ from igds.losses import sequence_losses, target_mask
 from igds.model import load_model
 from igds.sae import load_sae
 from igds.scoring import FeatureScorer
+from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -176,7 +177,7 @@ def memory_run(n: int, max_length: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def markdown(res: dict, mem: list[dict]) -> str:
+def markdown(res: dict) -> str:
     b = res["bare_tok_s"]
     lines = [
         f"Pool: {res['pool_size']} examples from `{Path(res['pool']).name}`, {res['real_tokens']} real tokens "
@@ -208,11 +209,14 @@ def markdown(res: dict, mem: list[dict]) -> str:
         f"- roofline: the bare forward reaches {res['bare_gflops']:.0f} GFLOP/s of a measured "
         f"{res['matmul_gflops']:.0f} GFLOP/s fp32 matmul peak ({res['bare_gflops'] / res['matmul_gflops']:.0%})",
     ]
-    if mem:
-        lines += ["", f"Peak memory of `score_pool` (streaming, shards of 512, max_length {mem[0].get('max_length')}), "
-                  "each pool in a fresh process:", "",
-                  "| pool size | seconds | RSS after model load (MB) | peak RSS (MB) |", "|---|---|---|---|"]
-        lines += [f"| {m['n']} | {m['seconds']:.0f} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} |" for m in mem]
+    return "\n".join(lines) + "\n"
+
+
+def memory_markdown(mem: list[dict]) -> str:
+    lines = [f"Peak memory of `score_pool` (streaming, shards of 512, max_length {mem[0].get('max_length')}), "
+             "each pool in a fresh process:", "",
+             "| pool size | seconds | RSS after model load (MB) | peak RSS (MB) |", "|---|---|---|---|"]
+    lines += [f"| {m['n']} | {m['seconds']:.0f} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} |" for m in mem]
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +243,11 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--memory-max-length",
                                   str(args.memory_max_length)], check=True, capture_output=True, text=True)
             mem.append({**json.loads(out.stdout.strip().splitlines()[-1]), "max_length": args.memory_max_length})
-    text = markdown(res, mem)
+    text = markdown(res)
+    splice("cost", text)
+    if mem:
+        text += "\n" + memory_markdown(mem)
+        splice("cost-memory", memory_markdown(mem))
     atomic_write_text(Path(args.out), text)
     atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps({"results": res, "memory": mem}, indent=2))
     print(text)

@@ -9,7 +9,7 @@ Each task is an ``igds experiment`` config in ``benchmarks/quality/<task>.yaml``
 methods Full / Random / Loss / IFD / ZIP / longest / IGDS and the two IGDS ablations).
 The experiments write ``runs/bench/quality-<task>/``; this script then collects every
 finished run into ``benchmarks/results/quality.md`` (mean ± std over seeds, base model,
-targets met or not) and ``quality.json``. Compute time is summed from the runs' own
+targets met or not) and ``quality.json``, and updates each task's block in BENCHMARKS.md. Compute time is summed from the runs' own
 records, so a table assembled over several invocations still reports what it cost.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from splice import splice
 from igds.experiment import (Experiment, build_results, check_config, correlation, fmt_cell, headline_metric,
                              load_experiment_config, run_experiment)
 
@@ -120,6 +121,25 @@ def targets(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def task_section(res: dict[str, Any]) -> list[str]:
+    """One task's table, targets and correlations (the body of its BENCHMARKS.md block)."""
+    lines = [f"Config: `{res['config']}`; {len(res['runs'])} of {res['planned_runs']} planned runs finished; "
+             f"fine-tuning + evaluation time of those runs: {res['run_seconds'] / 60:.1f} min. "
+             "Features scored (validated of candidates): " +
+             (", ".join(f"{LABELS[m].strip('*')} {f['validated']} of {f['candidates']}"
+                        for m, f in res["features"].items()) or "–") + ".", ""]
+    lines += task_table(res)
+    lines += ["", *targets(res)]
+    for key, gain in (("correlation", f"gain in `{res['metric']}`"),
+                      ("correlation_ref_loss", "drop in reference loss")):
+        corr = res[key]
+        if corr.get("pearson") is not None:
+            lines += ["", f"Feature amplification vs {gain} over all runs: Pearson r = "
+                      f"{corr['pearson']:.3f} (p = {corr['pearson_p']:.2g}), Spearman ρ = {corr['spearman']:.3f} "
+                      f"(p = {corr['spearman_p']:.2g}), n = {corr['n']}."]
+    return lines
+
+
 def markdown(all_results: dict[str, dict[str, Any]]) -> str:
     import torch
     import transformers
@@ -129,22 +149,7 @@ def markdown(all_results: dict[str, dict[str, Any]]) -> str:
              f"threads, CPU only. Python {platform.python_version()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}.", ""]
     for task, res in all_results.items():
-        lines += [f"## {task}", "",
-                  f"Config: `{res['config']}`; {len(res['runs'])} of {res['planned_runs']} planned runs finished; "
-                  f"fine-tuning + evaluation time of those runs: {res['run_seconds'] / 60:.1f} min. "
-                  "Features scored (validated of candidates): " +
-                  (", ".join(f"{LABELS[m].strip('*')} {f['validated']} of {f['candidates']}"
-                             for m, f in res["features"].items()) or "–") + ".", ""]
-        lines += task_table(res)
-        lines += ["", *targets(res)]
-        for key, gain in (("correlation", f"gain in `{res['metric']}`"),
-                          ("correlation_ref_loss", "drop in reference loss")):
-            corr = res[key]
-            if corr.get("pearson") is not None:
-                lines += ["", f"Feature amplification vs {gain} over all runs: Pearson r = "
-                          f"{corr['pearson']:.3f} (p = {corr['pearson_p']:.2g}), Spearman ρ = {corr['spearman']:.3f} "
-                          f"(p = {corr['spearman_p']:.2g}), n = {corr['n']}."]
-        lines.append("")
+        lines += [f"## {task}", "", *task_section(res), ""]
     return "\n".join(lines)
 
 
@@ -173,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished experiments to collect")
         return 1
     atomic_write_text(Path(args.out), markdown(all_results))
+    for task, res in all_results.items():
+        splice(f"quality-{task}", "\n".join(task_section(res)))
     atomic_write_json(Path(args.out).with_suffix(".json"),
                       {t: {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
                        for t, r in all_results.items()})
