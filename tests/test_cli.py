@@ -91,3 +91,14 @@ def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
     rows = [json.loads(line) for line in open(tmp_path / "sel.jsonl")]
     lengths = sorted((len(r["completion"]) for r in setup["pool_rows"]), reverse=True)
     assert len(rows) == 5 and all(len(r["completion"]) >= lengths[4] for r in rows)
+
+
+def test_overrides_may_sit_between_flags():
+    from igds.cli import parse
+
+    args = parse(["score", "--config", "c.yaml", "recall.n_candidates=8", "--engine", "ray", "seed=3",
+                  "--out", "x"])
+    assert args.overrides == ["recall.n_candidates=8", "seed=3"]
+    assert vars(args)["cfg:score.engine"] == "ray" and vars(args)["cfg:out"] == "x"
+    with pytest.raises(SystemExit):
+        parse(["score", "a=1", "--engine", "ray", "not-an-override"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -259,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may sit anywhere, also between flags."""
+    parser = build_parser()
+    # argparse fills a nargs="*" positional from one run of words only; later runs come back
+    # as unknown arguments, and are overrides when they look like key=value.
+    args, extras = parser.parse_known_args(argv)
+    stray = [x for x in extras if not OVERRIDE.match(x)]
+    if stray or (extras and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
@@ -266,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         module = importlib.import_module(f"igds.{PASSTHROUGH[argv[0]][0]}")
         return int(module.main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError) as e:

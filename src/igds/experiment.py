@@ -773,9 +773,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="igds experiment", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (see examples/experiment_gsm8k_small.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1,2] finetune.epochs=1")
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)  # overrides may also follow --config
+    stray = [x for x in extras if "=" not in x or x.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
     try:
-        run_from_config(args.config, args.overrides)
+        run_from_config(args.config, [*args.overrides, *extras])
     except (ValueError, FileNotFoundError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
