@@ -28,7 +28,8 @@ from pathlib import Path
 from igds.artifacts import atomic_write_json, atomic_write_text
 from igds.config import DataConfig
 from igds.data import load_examples
-from igds.experiment import Experiment, check_config, fmt_cell, load_experiment_config, run_experiment
+from igds.experiment import (Experiment, check_config, fmt_cell, load_experiment_config, resolve_task,
+                             run_experiment)
 from igds.selection import select_indices
 from splice import splice
 
@@ -71,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{args.task}.yaml")
     run_dir = ROOT / "runs" / "bench" / f"mixed-{args.task}"
-    exp_probe = Experiment(cfg)
     pool_path = run_dir / "data" / "mixed_pool.jsonl"
-    task_ids = build_pool(exp_probe.the_task(), cfg.pool.path, args.task_examples, args.other_examples,
+    task_ids = build_pool(resolve_task(cfg.task), cfg.pool.path, args.task_examples, args.other_examples,
                           args.seed, pool_path)
     cfg = replace(cfg, name=f"mixed-{args.task}", out=str(run_dir), pool=DataConfig(path=str(pool_path),
                   dialect="messages"), task_format=["task_data", "validation"], methods=list(FINETUNED),

@@ -26,7 +26,7 @@ from typing import Any
 from igds.artifacts import atomic_write_json, atomic_write_text, read_json
 from splice import splice
 from igds.experiment import (Experiment, build_results, check_config, correlation, fmt_cell, headline_metric,
-                             load_experiment_config, run_experiment)
+                             load_experiment_config, method_dir, run_experiment, run_id)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "quality"
@@ -50,7 +50,7 @@ def collect(cfg_path: Path) -> dict[str, Any] | None:
     base = read_json(base_path)
     runs, seconds = [], 0.0
     for method, ratio, seed in exp.plan():
-        path = exp.exp_dir / "runs" / f"{method}-r{ratio:g}-s{seed}" / "result.json"
+        path = exp.exp_dir / "runs" / run_id(method, ratio, seed) / "result.json"
         if path.exists():
             r = read_json(path)
             runs.append(r)
@@ -75,7 +75,7 @@ def collect(cfg_path: Path) -> dict[str, Any] | None:
     results["config"] = str(cfg_path.relative_to(ROOT))
     results["features"] = {}
     for method in ("igds", "igds_recall_only", "igds_random_candidates"):
-        path = (exp.run_dir if method == "igds" else exp.run_dir / "ablations" / method) / "features.json"
+        path = method_dir(exp.run_dir, method) / "features.json"
         if path.exists():
             fs = read_json(path)
             results["features"][method] = {"candidates": len(fs["candidates"]), "validated": len(fs["validated"])}
