@@ -212,6 +212,8 @@ def test_missing_parts_degrade(tmp_path: Path) -> None:
      r"features\.json: candidates\[0\] \(L3/F1\): field 'task_freq': expected a number"),
     ("top_examples.json", '{"L3/F17": [{"tokens": ["a", "b"], "acts": [1.0]}]}',
      r"top_examples\.json: 'L3/F17'\[0\]: 2 tokens but 1 activations"),
+    ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3, "feature": 1}], "validated": ["L3/F9"]}',
+     r"features\.json: field 'validated': \['L3/F9'\] not among the candidates"),
     ("config.yaml", "model: [unclosed\n", r"config\.yaml:\d+: malformed YAML"),
     ("experiment/results.json", '{"runs": [{"method": "igds", "ratio": 0.5, "metrics": {}}]}',
      r"results\.json: runs\[0\]: field 'seed' is missing"),

@@ -161,7 +161,7 @@ def _check_features(path: Path, feats: dict[str, Any]) -> None:
     if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
         raise ReportError(f"{path}: field 'validated': expected a list of feature keys")
     unknown = [v for v in val if v not in keys]
-    if unknown and cands:
+    if unknown and keys:
         raise ReportError(f"{path}: field 'validated': {unknown[:3]} not among the candidates")
     _objects(path, feats, "saes")
 
