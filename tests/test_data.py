@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from igds.data import DataError, DataSpec, Rejects, iter_examples, load_examples, tokenize_example, write_records
+from igds.data import (DataError, DataSpec, Rejects, iter_examples, load_examples, tokenize_example, write_messages,
+                       write_records)
 
 
 def jsonl(path, rows):
@@ -107,6 +108,20 @@ def test_write_records_keeps_the_input_dialect(tmp_path):
     exs = load_examples(jsonl(tmp_path / "c.jsonl", [row]))
     write_records(tmp_path / "out.jsonl", exs, {"c1": {"igds_score": 1.5}})
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {**row, "igds_score": 1.5}
+
+
+def test_write_messages_round_trips_and_leaves_an_unchanged_file_alone(tmp_path):
+    rows = [{"id": "a", "instruction": "Do X", "input": "with Y", "output": "done"},
+            {"id": "b", "prompt": "hi", "completion": "hello"}]
+    exs = [load_examples(jsonl(tmp_path / f"{r['id']}.jsonl", [r]))[0] for r in rows]
+    out = tmp_path / "out.jsonl"
+    assert write_messages(out, exs, {"b": {"source": "t0"}})
+    back = load_examples(out)
+    assert [(e.id, e.messages, e.response) for e in back] == [(e.id, e.messages, e.response) for e in exs]
+    assert json.loads(out.read_text().splitlines()[1])["source"] == "t0"
+    mtime = out.stat().st_mtime_ns
+    assert not write_messages(out, exs, {"b": {"source": "t0"}}) and out.stat().st_mtime_ns == mtime
+    assert write_messages(out, exs[:1])  # changed content is rewritten
 
 
 def test_tokenize_marks_prompt_boundary_and_truncation(tiny_lm, tmp_path):

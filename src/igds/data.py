@@ -341,6 +341,25 @@ def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str
     return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
 
 
+
+def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None
+                   ) -> bool:
+    """Write examples in the ``messages`` dialect (the response as the last assistant turn,
+    plus per-id extra fields), atomically and only when the content changes, so that caches
+    keyed on the file stay valid. Returns whether the file was (re)written."""
+    from .artifacts import atomic_write_text
+
+    extra = extra or {}
+    path = Path(path)
+    text = "".join(json.dumps({"id": ex.id, **extra.get(ex.id, {}),
+                               "messages": [*ex.messages, {"role": "assistant", "content": ex.response}]},
+                              ensure_ascii=False) + "\n" for ex in examples)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
 # --------------------------------------------------------------------- tokens
 @dataclass
 class TokenizedExample:

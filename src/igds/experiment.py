@@ -62,7 +62,6 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -75,7 +74,7 @@ import pyarrow as pa
 from .artifacts import atomic_write_json, atomic_write_text, read_json, stable_hash
 from .config import (DataConfig, FilterConfig, ModelConfig, RecallConfig, RunConfig, SAEConfig, ScoreConfig,
                      dump_config, load_config)
-from .data import Example
+from .data import Example, write_messages
 from .finetune import FinetuneConfig, train_model
 from .model import LoadedModel, load_model
 from .selection import read_score_table, select_indices, write_score_table
@@ -240,10 +239,7 @@ def materialize(task: Any, dc: DataConfig, out: Path, skip_bad: bool = False,
             break
     if not exs:
         raise ValueError(f"{dc.path}: no usable examples for task {task.name!r}")
-    text = "".join(json.dumps({"id": e.id, "messages": [*e.messages, {"role": "assistant", "content": e.response}]},
-                              ensure_ascii=False) + "\n" for e in exs)
-    if not out.exists() or out.read_text(encoding="utf-8") != text:
-        atomic_write_text(out, text)
+    write_messages(out, exs)
     return DataConfig(path=str(out), dialect="messages")
 
 
