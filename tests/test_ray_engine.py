@@ -10,7 +10,10 @@ compared to rtol 1e-5 / atol 1e-6. ids, index, n_tokens, order and schema are ex
 """
 
 import json
+import os
 import shutil
+import signal
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +25,7 @@ ray = pytest.importorskip("ray")
 from igds.cli import main  # noqa: E402
 from igds.config import load_config  # noqa: E402
 from igds.features import FeatureSet  # noqa: E402
-from igds.ray_engine import CRASH_MARKER_ENV, score_pool_ray  # noqa: E402
+from igds.ray_engine import ShardScorer, score_pool_ray  # noqa: E402
 
 from planted import blank_sae  # noqa: E402
 from test_cli import setup  # noqa: E402,F401  (tiny model + planted SAE saved to disk)
@@ -103,15 +106,58 @@ def test_ray_scores_only_the_shards_missing_from_the_cache(setup, tmp_path, caps
     assert "ray: scoring 0 of 4 shards" in capsys.readouterr().out
 
 
-def test_killed_ray_worker_is_retried_and_every_row_appears_once(setup, tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_MARKER_ENV, str(marker))
-    assert _score(setup, tmp_path / "ray", *RAY_OPTS) == 0
-    assert marker.exists()  # a worker really died (os._exit) on its first shard
-    monkeypatch.delenv(CRASH_MARKER_ENV)
+def _crashing_scorer(marker: Path, always: bool) -> type[ShardScorer]:
+    """A scorer whose worker dies (os._exit: no clean-up) on its first shard, or on every shard.
+
+    Defined in a function so that Ray pickles the class by value: the workers cannot
+    import this test module."""
+
+    class CrashingScorer(ShardScorer):
+        def __call__(self, batch):
+            if always or not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().__call__(batch)
+
+    return CrashingScorer
+
+
+def _ray_rerun(setup, local_dir, out, *, scorer_cls, max_retries=3):
+    """Score with ``scorer_cls`` on Ray, the features and settings of the CLI run in ``local_dir``."""
+    cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [setup["sae"]], "pool.path": setup["pool"],
+                                 "score.shard_size": 6, "score.max_length": 40, "score.ray_actors": 2,
+                                 "score.ray_cpus_per_actor": 0.5, "score.ray_max_retries": max_retries})
+    return score_pool_ray(cfg, FeatureSet.load(local_dir / "features.json"), out, scorer_cls=scorer_cls)
+
+
+def test_killed_ray_worker_is_retried_and_every_row_appears_once(setup, tmp_path):
     assert _score(setup, tmp_path / "local") == 0
+    marker = tmp_path / "crashed"
+    _ray_rerun(setup, tmp_path / "local", tmp_path / "ray", scorer_cls=_crashing_scorer(marker, always=False))
+    assert marker.exists()  # a worker really died on its first shard
     _, b = _assert_same_table(tmp_path / "local", tmp_path / "ray")
     assert b.column("id").to_pylist() == [r["id"] for r in setup["pool_rows"]]
+
+
+def _give_up(*_):
+    raise TimeoutError("Ray is still retrying a shard that kills every worker")
+
+
+def test_a_shard_that_kills_every_worker_stops_after_the_retry_bound(setup, tmp_path):
+    assert _score(setup, tmp_path / "local") == 0
+    marker = tmp_path / "crashed"
+    # Without the bound Ray would retry for ever: the alarm turns that into a failure.
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(300)
+    try:
+        with pytest.raises(RuntimeError, match=r"score\.ray_max_retries=1 .*run again to resume"):
+            _ray_rerun(setup, tmp_path / "local", tmp_path / "ray", scorer_cls=_crashing_scorer(marker, always=True),
+                       max_retries=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert marker.exists()
+    assert not (tmp_path / "ray" / "scores.parquet").exists()
 
 
 def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path):

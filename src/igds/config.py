@@ -97,6 +97,7 @@ class ScoreConfig:
     ray_actors: int = 1
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
+    ray_max_retries: int = 3  # retries of a shard whose worker died; -1 = without end (Ray's default)
 
 
 @dataclass

@@ -33,8 +33,8 @@ filesystem for the run directory. Every worker must be able to import igds and r
 from __future__ import annotations
 
 import json
-import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,11 @@ from .pipeline import data_spec, load_saes, resolve_source
 from .sae import SAE
 from .scoring import FeatureScorer, score_cache_key, score_pool, shards
 
-# Test-only fault injection: when set, the first actor to score a shard creates this
-# file and dies with os._exit, so that tests can check Ray retries the shard.
-CRASH_MARKER_ENV = "IGDS_RAY_CRASH_MARKER"
-
 
 class ShardScorer:
     """The ``map_batches`` callable: loads the model and SAEs once per actor, scores shards."""
 
-    def __init__(self, cfg: RunConfig, features: FeatureSet, crash_marker: str | None = None) -> None:
+    def __init__(self, cfg: RunConfig, features: FeatureSet) -> None:
         device = cfg.model.device
         if device == "auto":
             # Ray hides GPUs an actor did not ask for; be explicit so a CPU actor never
@@ -66,12 +62,8 @@ class ShardScorer:
             device = "cuda" if cfg.score.ray_gpus_per_actor > 0 else "cpu"
         lm = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.trust_remote_code)
         self.scorer = FeatureScorer(lm, load_saes(cfg, lm), features, cfg.score, cfg.use_chat_template)
-        self.crash_marker = crash_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.crash_marker and not os.path.exists(self.crash_marker):
-            Path(self.crash_marker).write_text(str(os.getpid()))
-            os._exit(1)  # a worker dying mid-shard, without any clean-up
         tables, extras, errors = [], [], []
         for start, payload in zip(batch["start"], batch["payload"]):
             try:
@@ -123,39 +115,53 @@ def pending_shards(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], featur
     return shard_dir, rows, n
 
 
-def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]], shard_dir: Path) -> None:
+def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]], shard_dir: Path,
+                scorer_cls: type[ShardScorer]) -> None:
     import ray
+    from ray.util.annotations import RayDeprecationWarning
 
     score = cfg.score
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(
-        ShardScorer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=score.ray_actors),
-        num_cpus=score.ray_cpus_per_actor, num_gpus=score.ray_gpus_per_actor or None,
-        fn_constructor_kwargs={"cfg": cfg, "features": features,
-                               "crash_marker": os.environ.get(CRASH_MARKER_ENV)})
-    # Fault tolerance is Ray Data's default for actor pools (max_restarts=-1,
-    # max_task_retries=-1): a dead actor is restarted and its shard retried. Passing the
-    # two as remote args is deprecated (removed in Ray 2.64), so the defaults stand.
+    with warnings.catch_warnings():
+        # Ray Data restarts dead actors and retries their tasks without end unless
+        # max_task_retries is given, and in Ray 2.60 the only way to give it is the
+        # remote-args dict that Ray deprecates (removed in 2.64, hence ray<2.64 in the
+        # extra): a shard that kills every worker would otherwise loop forever.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        ds = ds.map_batches(
+            scorer_cls, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=score.ray_actors),
+            num_cpus=score.ray_cpus_per_actor, num_gpus=score.ray_gpus_per_actor or None,
+            fn_constructor_kwargs={"cfg": cfg, "features": features},
+            max_restarts=-1, max_task_retries=score.ray_max_retries)
     done = 0
-    for row in ds.iter_rows():
-        if row["error"]:
-            raise pickle.loads(row["error"])  # finished shards stay cached for the next run
-        s = int(row["shard"])
-        # sidecar first, then the table: a shard counts as done only when both exist
-        atomic_write_json(shard_dir / f"shard-{s:05d}.json", json.loads(row["extra"]))
-        atomic_write_parquet(shard_dir / f"shard-{s:05d}.parquet", _from_ipc(row["table"]))
-        done += 1
+    try:
+        for row in ds.iter_rows():
+            if row["error"]:
+                raise pickle.loads(row["error"])  # finished shards stay cached for the next run
+            s = int(row["shard"])
+            # sidecar first, then the table: a shard counts as done only when both exist
+            atomic_write_json(shard_dir / f"shard-{s:05d}.json", json.loads(row["extra"]))
+            atomic_write_parquet(shard_dir / f"shard-{s:05d}.parquet", _from_ipc(row["table"]))
+            done += 1
+    except ray.exceptions.RayError as err:
+        raise RuntimeError(
+            f"Ray gave up on a shard ({type(err).__name__}), for example after its worker died more than "
+            f"score.ray_max_retries={score.ray_max_retries} times; the {done} shards finished are cached in "
+            f"{shard_dir}: run again to resume") from err
     if done != len(rows):
         raise RuntimeError(f"ray returned {done} of {len(rows)} shards; run again to resume")
 
 
 def score_pool_ray(cfg: RunConfig, features: FeatureSet, run_dir: str | Path, *,
-                   lm: LoadedModel | None = None, saes: dict[int, SAE] | None = None) -> pa.Table:
+                   lm: LoadedModel | None = None, saes: dict[int, SAE] | None = None,
+                   scorer_cls: type[ShardScorer] = ShardScorer) -> pa.Table:
     """Score ``cfg.pool`` on Ray into ``RUN_DIR/scores.parquet`` (resumable; same table as local).
 
     Connects to ``score.ray_address`` (``auto`` = the running cluster; None = start a local
     Ray) unless Ray is already initialised. ``lm``/``saes`` are the driver's copies, used
-    only for the cache key and to assemble the table; loaded on CPU when not given."""
+    only for the cache key and to assemble the table; loaded on CPU when not given.
+    ``scorer_cls`` is the actor class, a :class:`ShardScorer` or a subclass of it (to
+    instrument or wrap the scoring of a shard)."""
     import ray
 
     run_dir = Path(run_dir)
@@ -171,7 +177,7 @@ def score_pool_ray(cfg: RunConfig, features: FeatureSet, run_dir: str | Path, *,
         if started:
             ray.init(address=cfg.score.ray_address, include_dashboard=False)
         try:
-            _run_on_ray(cfg, features, rows, shard_dir)
+            _run_on_ray(cfg, features, rows, shard_dir, scorer_cls)
         finally:
             if started:
                 ray.shutdown()
