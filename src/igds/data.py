@@ -341,7 +341,6 @@ def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str
     return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
 
 
-
 def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None
                    ) -> bool:
     """Write examples in the ``messages`` dialect (the response as the last assistant turn,
