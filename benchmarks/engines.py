@@ -24,11 +24,13 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from igds.artifacts import atomic_write_text
 from igds.config import load_config
 from igds.data import load_examples, tokenize_example
 from igds.features import FeatureSet
@@ -36,6 +38,7 @@ from igds.model import load_model
 from igds.pipeline import data_spec, load_saes, resolve_source
 from igds.sae import SAE
 from igds.scoring import score_pool
+from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from igds.ray_engine import score_pool_ray
 
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="igds-engines-"))
     t = time.perf_counter()
     lm = load_model(MODEL, "cpu")
@@ -139,9 +143,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cmd = "python benchmarks/engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "## Scoring engines: local vs Ray Data", "",
-        f"`{cmd.strip()}` on {os.cpu_count()} CPU cores (shared), no GPU; torch {torch.__version__}, "
-        f"ray {ray.__version__}.", "",
+        f"`{cmd.strip()}` on {date.today().isoformat()}: {os.cpu_count()} CPU cores, no GPU; torch "
+        f"{torch.__version__}, ray {ray.__version__}. Wall time {time.perf_counter() - started:.0f} s; 1-min load "
+        f"average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.", "",
         f"Model {MODEL} (fp32, CPU; load {load_s:.1f} s), {sae_what}, {len(fs.validated)} features. "
         f"Pool: first {len(exs)} rows of `{pool.name}`, {n_tokens} tokens (max_length {args.max_length}), "
         f"shards of {args.shard_size}. Ray start (`ray.init`): {init_s:.1f} s, not included below.", "",
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
               "OMP_NUM_THREADS to the CPUs it reserves (floor, at least 1).", ""]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    atomic_write_text(Path(args.out), "## Scoring engines: local vs Ray Data\n\n" + text)
+    splice("engines", text)
 
 
 if __name__ == "__main__":

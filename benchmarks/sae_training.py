@@ -18,9 +18,13 @@ import os
 import platform
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
+
+from igds.artifacts import atomic_write_text
+from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -73,17 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from igds.model import load_model
 
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     lm = load_model(args.model)
     col = bench_collection(lm, args.layer, args.examples)
     steps = [bench_steps(lm.d_model, b, args.steps) for b in (1024, 4096)]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cmd = "python benchmarks/sae_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "### SAE training throughput",
-        "",
-        f"`{cmd.strip()}` — {args.model}, layer {args.layer}, fp32, torch {torch.__version__}, "
-        f"{os.cpu_count()} CPU threads ({platform.machine()}), 1-min load average at the end {load:.1f} "
-        "(the machine is shared: numbers move with it).",
+        f"`{cmd.strip()}` on {date.today().isoformat()}: {args.model}, layer {args.layer}, fp32, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs "
+        f"({platform.machine()}). Wall time {time.perf_counter() - started:.0f} s; 1-min load average "
+        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| stage | work | throughput |",
         "|---|---|---|",
@@ -99,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
               "`--activation-tokens N` (collect N once, train several epochs over them) is the cheap recipe "
               "on CPU; streaming (`--buffer-tokens`) suits GPUs.", ""]
     text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+    atomic_write_text(Path(args.out), "### SAE training throughput\n\n" + text)
+    splice("sae-training", text)
     print(text)
     return 0
 
