@@ -127,9 +127,12 @@ def targets(res: dict[str, Any]) -> list[str]:
             continue
         i, o = by["igds"]["metrics"], by[other]["metrics"]
         strict = other == "random"  # "above Random", "at least Full"
-        better_metric = i[metric]["mean"] > o[metric]["mean"] if strict else i[metric]["mean"] >= o[metric]["mean"]
-        better_loss = i["ref_loss"]["mean"] < o["ref_loss"]["mean"] if strict else \
-            i["ref_loss"]["mean"] <= o["ref_loss"]["mean"]
+
+        def ahead(mine: float, theirs: float) -> bool:
+            return mine > theirs or (not strict and mine == theirs)
+
+        better_metric = ahead(i[metric]["mean"], o[metric]["mean"])
+        better_loss = ahead(-i["ref_loss"]["mean"], -o["ref_loss"]["mean"])  # lower loss is better
         word = "above" if strict else "at least"
         out.append(f"- IGDS@50% {word} {LABELS[other]} in `{metric}`: "
                    f"**{verdict(better_metric, i[metric], o[metric])}** "

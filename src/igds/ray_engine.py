@@ -146,8 +146,8 @@ def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]]
     except ray.exceptions.RayError as err:
         raise RuntimeError(
             f"Ray gave up on a shard ({type(err).__name__}), for example after its worker died more than "
-            f"score.ray_max_retries={score.ray_max_retries} times; the {done} shards finished are cached in "
-            f"{shard_dir}: run again to resume") from err
+            f"score.ray_max_retries={score.ray_max_retries} times; the {done} shards this run finished are cached, "
+            f"with any from earlier runs, in {shard_dir}: run again to resume") from err
     if done != len(rows):
         raise RuntimeError(f"ray returned {done} of {len(rows)} shards; run again to resume")
 
