@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -204,6 +205,23 @@ def test_missing_parts_degrade(tmp_path: Path) -> None:
     shutil.copy(full / "scores.parquet", only)
     page = render_report(only)
     assert "features.json</code> not found" in page and 'id="length-correlation"' in page
+
+
+NO_PLOTS = "plots need matplotlib: pip install 'igds[report]'"
+
+
+def test_report_without_matplotlib_is_written_with_a_note(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib is an extra: without it every plot gives way to one install note and the rest stays."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    # features, selection and experiment once each, and the histogram of each of the 3 validated feature cards
+    assert page.count(NO_PLOTS) == 3 + len(VALIDATED)
+    assert "<img" not in page
+    for sid in ("summary", "features", "feature-cards", "selection", "experiment"):
+        assert f'<section id="{sid}">' in page
+    assert 'id="length-correlation"' in page and "sampled points" not in page
+    assert 'id="amp-gain-correlation"' in page and "<strong>+0.987</strong>" in page
+    assert 'id="overlap-table"' in page and 'id="card-L3-F17"' in page
 
 
 @pytest.mark.parametrize("name,content,expect", [
