@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from igds.data import load_examples
-from igds.examples import write_example_data
+from igds.quickstart import write_example_data
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_noisy_rows_carry_no_reasoning(data):
 
 
 def test_cli_writes_files(tmp_path, capsys):
-    from igds.examples import main
+    from igds.quickstart import main
 
     main([str(tmp_path), "--seed", "3", "--n-task", "10", "--n-pool", "20"])
     assert len(_rows(tmp_path / "task.jsonl")) == 10 and len(_rows(tmp_path / "pool.jsonl")) == 20

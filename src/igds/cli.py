@@ -133,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    from .examples import write_example_data
+    from .quickstart import write_example_data
 
     for name, path in write_example_data(args.out_dir, seed=args.seed).items():
         print(f"{name}: {path}")
@@ -142,7 +142,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Generate the shipped example data and run the whole selection on the built-in model."""
-    from .examples import write_example_data
+    from .quickstart import write_example_data
 
     out = Path(args.out)
     files = write_example_data(out / "data", seed=0)

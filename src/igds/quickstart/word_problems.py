@@ -1,30 +1,14 @@
-"""Deterministic example data for the quickstart: a math task and a mixed candidate pool.
+"""Grade-school arithmetic word problems with worked rationales, and noisy answers that teach nothing.
 
-``task.jsonl`` holds grade-school arithmetic word problems (Alpaca dialect) whose
-rationales end in ``#### N``. ``pool.jsonl`` mixes more word problems, *noisy* math
-rows whose output does not help (a bare wrong number, "I don't know"), and templated
-non-math instructions; every pool row names its ``source`` so that the precision of a
-selection can be measured. Everything is generated from ``random.Random(seed)`` with
-the standard library, so the same seed gives byte-identical files on any machine.
-
-Run ``python -m igds.examples OUT_DIR [--seed S]`` to write both files.
+Each of the 32 templates draws its own numbers from a ``random.Random`` and returns a
+:class:`Problem` whose answer is computed here, so every rationale is correct arithmetic.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
-
-from .artifacts import atomic_write_jsonl
-
-# Planned pool mix; the rest of the pool is templated non-math instructions.
-POOL_MATH_SHARE = 0.35
-POOL_NOISY_SHARE = 0.10
-TASK_MAX_STEPS = 3
-POOL_MAX_STEPS = 4
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -41,7 +25,7 @@ class Problem:
 
 # --------------------------------------------------------------------- vocabulary
 # (name, subject pronoun, possessive pronoun); the templates' verbs are written for he/she
-PEOPLE = [
+_PEOPLE = [
     ("Amara", "she", "her"), ("Ben", "he", "his"), ("Chen", "he", "his"), ("Dalia", "she", "her"),
     ("Emeka", "he", "his"), ("Farah", "she", "her"), ("Gus", "he", "his"), ("Hana", "she", "her"),
     ("Ivan", "he", "his"), ("Jade", "she", "her"), ("Kofi", "he", "his"), ("Lucia", "she", "her"),
@@ -52,23 +36,24 @@ PEOPLE = [
     ("Carmen", "she", "her"), ("Dmitri", "he", "his"), ("Elif", "she", "her"), ("Felix", "he", "his"),
 ]
 # (singular, plural, low price, high price) in whole dollars
-GOODS = [
+_GOODS = [
     ("notebook", "notebooks", 2, 6), ("pen", "pens", 1, 3), ("sandwich", "sandwiches", 4, 9),
     ("T-shirt", "T-shirts", 8, 20), ("book", "books", 6, 18), ("mug", "mugs", 3, 12),
     ("plant", "plants", 5, 15), ("ticket", "tickets", 7, 25), ("candle", "candles", 2, 8),
     ("pair of socks", "pairs of socks", 3, 7), ("bag of rice", "bags of rice", 4, 10),
     ("jar of honey", "jars of honey", 5, 11), ("puzzle", "puzzles", 9, 22), ("scarf", "scarves", 10, 24),
 ]
-SMALL_THINGS = ["stickers", "marbles", "cookies", "crayons", "beads", "postcards", "seashells", "buttons"]
-ACTIVITIES = ["piano", "guitar", "chess", "swimming", "drawing", "Spanish", "coding", "yoga"]
+_SMALL_THINGS = ["stickers", "marbles", "cookies", "crayons", "beads", "postcards", "seashells", "buttons"]
+_ACTIVITIES = ["piano", "guitar", "chess", "swimming", "drawing", "Spanish", "coding", "yoga"]
 
 
 def _person(rng: random.Random) -> tuple[str, str, str]:
-    return rng.choice(PEOPLE)
+    return rng.choice(_PEOPLE)
 
 
-def _two_people(rng: random.Random) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
-    a, b = rng.sample(PEOPLE, 2)
+def two_people(rng: random.Random) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """Two different people as (name, subject pronoun, possessive pronoun)."""
+    a, b = rng.sample(_PEOPLE, 2)
     return a, b
 
 
@@ -78,9 +63,9 @@ def _cap(word: str) -> str:
 
 # --------------------------------------------------------------------- math templates
 # Each template draws its own numbers and returns a Problem whose answer is computed here.
-def shopping_total(rng: random.Random) -> Problem:
+def _shopping_total(rng: random.Random) -> Problem:
     (name, pron, _), k = _person(rng), rng.choice([2, 3])
-    goods = rng.sample(GOODS, k)
+    goods = rng.sample(_GOODS, k)
     buys = [(rng.randint(2, 6), g, rng.randint(g[2], g[3])) for g in goods]
     parts = [f"{n} {g[1]} at ${p} each" for n, g, p in buys]
     listing = ", ".join(parts[:-1]) + f" and {parts[-1]}"
@@ -90,8 +75,8 @@ def shopping_total(rng: random.Random) -> Problem:
     return Problem(f"{name} buys {listing}. How many dollars does {pron} spend in total?", steps, sum(costs))
 
 
-def money_change(rng: random.Random) -> Problem:
-    (name, pron, _), g = _person(rng), rng.choice(GOODS)
+def _money_change(rng: random.Random) -> Problem:
+    (name, pron, _), g = _person(rng), rng.choice(_GOODS)
     n, price = rng.randint(2, 5), rng.randint(g[2], g[3])
     bill = next(b for b in (20, 50, 100, 200) if b > n * price)
     q = (f"{name} buys {n} {g[1]} for ${price} each and pays with a ${bill} bill. "
@@ -100,24 +85,24 @@ def money_change(rng: random.Random) -> Problem:
                        f"The change is ${bill} - ${n * price} = ${bill - n * price}."], bill - n * price)
 
 
-def ages_times(rng: random.Random) -> Problem:
-    (a, _, _), (b, _, _) = _two_people(rng)
+def _ages_times(rng: random.Random) -> Problem:
+    (a, _, _), (b, _, _) = two_people(rng)
     x, k, y = rng.randint(4, 15), rng.randint(2, 4), rng.randint(2, 10)
     q = f"{a} is {x} years old. {b} is {k} times as old as {a}. How old will {b} be in {y} years?"
     return Problem(q, [f"{b} is {k} × {x} = {k * x} years old now.",
                        f"In {y} years {b} will be {k * x} + {y} = {k * x + y}."], k * x + y)
 
 
-def ages_sum(rng: random.Random) -> Problem:
-    (a, _, _), (b, _, _) = _two_people(rng)
+def _ages_sum(rng: random.Random) -> Problem:
+    (a, _, _), (b, _, _) = two_people(rng)
     x, d = rng.randint(6, 40), rng.randint(2, 12)
     q = f"{a} is {d} years older than {b}. {b} is {x} years old. What is the sum of their ages?"
     return Problem(q, [f"{a} is {x} + {d} = {x + d} years old.",
                        f"Together they are {x} + {x + d} = {2 * x + d} years old."], 2 * x + d)
 
 
-def practice_hours(rng: random.Random) -> Problem:
-    (name, pron, _), act = _person(rng), rng.choice(ACTIVITIES)
+def _practice_hours(rng: random.Random) -> Problem:
+    (name, pron, _), act = _person(rng), rng.choice(_ACTIVITIES)
     minutes, days = rng.choice([20, 30, 40, 45, 60, 90]), rng.choice([4, 8, 12, 16, 20, 24])
     while minutes * days % 60:
         days += 1
@@ -135,7 +120,7 @@ def _still_needed(question: str, goal: int, have: int, rate: int, what_left: str
                    left // rate)
 
 
-def reading_hours(rng: random.Random) -> Problem:
+def _reading_hours(rng: random.Random) -> Problem:
     (name, pron, _) = _person(rng)
     rate, hours_left, done = rng.choice([20, 25, 30, 40]), rng.randint(2, 8), rng.randint(30, 150)
     total = done + rate * hours_left
@@ -144,7 +129,7 @@ def reading_hours(rng: random.Random) -> Problem:
     return _still_needed(q, total, done, rate, "pages are left", "hours")
 
 
-def train_distance(rng: random.Random) -> Problem:
+def _train_distance(rng: random.Random) -> Problem:
     s1, h1, s2, h2 = rng.choice([60, 70, 80, 90]), rng.randint(1, 4), rng.choice([40, 50, 100, 120]), rng.randint(1, 3)
     q = (f"A train travels at {s1} km per hour for {h1} hours and then at {s2} km per hour for {h2} hours. "
          f"How many kilometres does it travel in total?")
@@ -152,7 +137,7 @@ def train_distance(rng: random.Random) -> Problem:
                        f"Total: {s1 * h1} + {s2 * h2} = {s1 * h1 + s2 * h2} km."], s1 * h1 + s2 * h2)
 
 
-def cycling_minutes(rng: random.Random) -> Problem:
+def _cycling_minutes(rng: random.Random) -> Problem:
     (name, pron, _) = _person(rng)
     speed, hours, rest = rng.choice([10, 12, 15, 20]), rng.randint(1, 4), rng.choice([10, 15, 20, 30])
     dist = speed * hours
@@ -162,8 +147,8 @@ def cycling_minutes(rng: random.Random) -> Problem:
                        f"With the break: {hours * 60} + {rest} = {hours * 60 + rest} minutes."], hours * 60 + rest)
 
 
-def sharing_equal(rng: random.Random) -> Problem:
-    (name, pron, poss), things = _person(rng), rng.choice(SMALL_THINGS)
+def _sharing_equal(rng: random.Random) -> Problem:
+    (name, pron, poss), things = _person(rng), rng.choice(_SMALL_THINGS)
     friends, each, gift = rng.randint(2, 8), rng.randint(3, 12), rng.randint(2, 15)
     total = friends * each + gift
     q = (f"{name} has {total} {things}. {_cap(pron)} gives {gift} to {poss} cousin and shares "
@@ -172,17 +157,17 @@ def sharing_equal(rng: random.Random) -> Problem:
                        f"Each friend gets {total - gift} ÷ {friends} = {each}."], each)
 
 
-def boxes_leftover(rng: random.Random) -> Problem:
+def _boxes_leftover(rng: random.Random) -> Problem:
     size, full, left = rng.randint(4, 12), rng.randint(3, 15), 0
     left = rng.randint(1, size - 1)
-    things, total = rng.choice(SMALL_THINGS), size * full + left
+    things, total = rng.choice(_SMALL_THINGS), size * full + left
     q = (f"A shop packs {total} {things} into boxes of {size}. "
          f"After filling as many boxes as it can, how many {things} are left over?")
     return Problem(q, [f"It can fill {full} boxes, using {full} × {size} = {full * size} {things}.",
                        f"Left over: {total} - {full * size} = {left}."], left)
 
 
-def sale_price(rng: random.Random) -> Problem:
+def _sale_price(rng: random.Random) -> Problem:
     item = rng.choice(["jacket", "backpack", "desk lamp", "pair of boots", "coffee maker", "rug"])
     pct = rng.choice([10, 20, 25, 30, 40, 50])
     price = rng.randint(2, 12) * 20  # a multiple of 20: every discount here is whole dollars
@@ -192,7 +177,7 @@ def sale_price(rng: random.Random) -> Problem:
                        f"The sale price is ${price} - ${off} = ${price - off}."], price - off)
 
 
-def class_percent(rng: random.Random) -> Problem:
+def _class_percent(rng: random.Random) -> Problem:
     # a multiple of 20 times a multiple of 5 is a multiple of 100: whole students
     n, pct = rng.choice([20, 40, 60, 80, 100, 120]), rng.choice([10, 20, 25, 40, 50, 60, 75])
     club = rng.choice(["choir", "chess club", "robotics team", "drama club", "football team"])
@@ -202,7 +187,7 @@ def class_percent(rng: random.Random) -> Problem:
                        f"Not in it: {n} - {yes} = {n - yes} students."], n - yes)
 
 
-def garden_bags(rng: random.Random) -> Problem:
+def _garden_bags(rng: random.Random) -> Problem:
     cover = rng.choice([5, 10, 12, 20])
     length, width = rng.randint(2, 12), rng.randint(2, 10)
     while length * width % cover:
@@ -214,7 +199,7 @@ def garden_bags(rng: random.Random) -> Problem:
                        f"Bags needed: {area} ÷ {cover} = {area // cover}."], area // cover)
 
 
-def fence_cost(rng: random.Random) -> Problem:
+def _fence_cost(rng: random.Random) -> Problem:
     length, width, price = rng.randint(5, 30), rng.randint(4, 20), rng.randint(2, 9)
     half, per = length + width, 2 * (length + width)
     q = (f"A rectangular yard is {length} m by {width} m. Fencing costs ${price} per metre. "
@@ -223,7 +208,7 @@ def fence_cost(rng: random.Random) -> Problem:
                        f"Cost: {per} × ${price} = ${per * price}."], per * price)
 
 
-def coin_cents(rng: random.Random) -> Problem:
+def _coin_cents(rng: random.Random) -> Problem:
     (name, pron, _) = _person(rng)
     q25, d10 = rng.randint(2, 15), rng.randint(2, 20)
     q = f"{name} has {q25} quarters and {d10} dimes in a jar. How many cents does {pron} have?"
@@ -231,7 +216,7 @@ def coin_cents(rng: random.Random) -> Problem:
                        f"Total: {q25 * 25} + {d10 * 10} = {q25 * 25 + d10 * 10} cents."], q25 * 25 + d10 * 10)
 
 
-def recipe_scale(rng: random.Random) -> Problem:
+def _recipe_scale(rng: random.Random) -> Problem:
     dish, ingredient = rng.choice([("pancakes", "flour"), ("soup", "lentils"), ("muffins", "sugar"),
                                    ("curry", "rice"), ("bread", "flour"), ("salad", "chickpeas")])
     per, serves, want = rng.choice([15, 20, 25, 30, 40, 50]), rng.randint(2, 6), rng.randint(3, 12)
@@ -243,7 +228,7 @@ def recipe_scale(rng: random.Random) -> Problem:
                        f"For {want} people: {per} × {want} = {per * want} grams."], per * want)
 
 
-def savings_weeks(rng: random.Random) -> Problem:
+def _savings_weeks(rng: random.Random) -> Problem:
     (name, pron, _), g = _person(rng), rng.choice(["bike", "tablet", "guitar", "tent", "camera", "skateboard"])
     weekly, weeks, have = rng.choice([5, 10, 15, 20, 25]), rng.randint(3, 16), rng.randint(10, 90)
     cost = have + weekly * weeks
@@ -252,7 +237,7 @@ def savings_weeks(rng: random.Random) -> Problem:
     return _still_needed(q, cost, have, weekly, "dollars are still needed", "weeks")
 
 
-def babysitting_left(rng: random.Random) -> Problem:
+def _babysitting_left(rng: random.Random) -> Problem:
     (name, pron, _) = _person(rng)
     rate, hours, weeks = rng.randint(8, 16), rng.randint(2, 6), rng.randint(2, 5)
     earned = rate * hours * weeks
@@ -269,7 +254,7 @@ def babysitting_left(rng: random.Random) -> Problem:
     return Problem(q, steps, earned - spent + gift)
 
 
-def tomato_harvest(rng: random.Random) -> Problem:
+def _tomato_harvest(rng: random.Random) -> Problem:
     (name, pron, _) = _person(rng)
     rows, per_row, fruit = rng.randint(3, 9), rng.randint(4, 12), rng.randint(5, 20)
     q = (f"{name} plants {rows} rows of tomato plants with {per_row} plants in each row. "
@@ -278,7 +263,7 @@ def tomato_harvest(rng: random.Random) -> Problem:
                        f"Tomatoes: {rows * per_row} × {fruit} = {rows * per_row * fruit}."], rows * per_row * fruit)
 
 
-def bus_passengers(rng: random.Random) -> Problem:
+def _bus_passengers(rng: random.Random) -> Problem:
     start, stops = rng.randint(10, 40), rng.choice([1, 2, 2, 3, 3, 4])
     count, clauses, steps = start, [], []
     for i in range(stops):
@@ -292,7 +277,7 @@ def bus_passengers(rng: random.Random) -> Problem:
     return Problem(q, steps, count)
 
 
-def pages_left(rng: random.Random) -> Problem:
+def _pages_left(rng: random.Random) -> Problem:
     (name, _, _) = _person(rng)
     mon = rng.randint(10, 40)
     total = 3 * mon + rng.randint(10, 120)
@@ -302,8 +287,8 @@ def pages_left(rng: random.Random) -> Problem:
                        f"Left: {total} - {3 * mon} = {total - 3 * mon} pages."], total - 3 * mon)
 
 
-def fruit_picking(rng: random.Random) -> Problem:
-    (a, _, _), (b, _, _) = _two_people(rng)
+def _fruit_picking(rng: random.Random) -> Problem:
+    (a, _, _), (b, _, _) = two_people(rng)
     fruit = rng.choice(["apples", "pears", "plums", "cherries", "strawberries"])
     n, d, more = rng.randint(15, 60), rng.randint(3, 14), rng.random() < 0.5
     other = n + d if more else n - d
@@ -313,14 +298,14 @@ def fruit_picking(rng: random.Random) -> Problem:
                        f"Together: {n} + {other} = {n + other}."], n + other)
 
 
-def farm_legs(rng: random.Random) -> Problem:
+def _farm_legs(rng: random.Random) -> Problem:
     hens, goats = rng.randint(3, 25), rng.randint(2, 15)
     q = f"A farm has {hens} chickens and {goats} goats. How many legs do the animals have altogether?"
     return Problem(q, [f"Chicken legs: {hens} × 2 = {hens * 2}.", f"Goat legs: {goats} × 4 = {goats * 4}.",
                        f"Altogether: {hens * 2} + {goats * 4} = {hens * 2 + goats * 4}."], hens * 2 + goats * 4)
 
 
-def pizza_slices(rng: random.Random) -> Problem:
+def _pizza_slices(rng: random.Random) -> Problem:
     pizzas, slices, people, each = rng.randint(3, 8), rng.choice([6, 8, 10, 12]), rng.randint(4, 12), rng.randint(1, 3)
     while people * each > pizzas * slices:
         pizzas += 1
@@ -331,7 +316,7 @@ def pizza_slices(rng: random.Random) -> Problem:
                        f"Left: {total} - {eaten} = {total - eaten}."], total - eaten)
 
 
-def temperature_rise(rng: random.Random) -> Problem:
+def _temperature_rise(rng: random.Random) -> Problem:
     start, rate, hours = rng.randint(2, 18), rng.randint(1, 4), rng.randint(2, 7)
     q = (f"At 6 a.m. the temperature was {start} degrees. It rose by {rate} degrees every hour for {hours} hours. "
          f"What was the temperature then?")
@@ -340,7 +325,7 @@ def temperature_rise(rng: random.Random) -> Problem:
                    start + rate * hours)
 
 
-def tank_minutes(rng: random.Random) -> Problem:
+def _tank_minutes(rng: random.Random) -> Problem:
     rate, minutes, have = rng.choice([4, 5, 6, 8, 10, 12]), rng.randint(5, 30), rng.randint(20, 200)
     cap = have + rate * minutes
     q = (f"A water tank holds {cap} litres and already contains {have} litres. A hose adds {rate} litres per minute. "
@@ -348,7 +333,7 @@ def tank_minutes(rng: random.Random) -> Problem:
     return _still_needed(q, cap, have, rate, "litres of space are left", "minutes")
 
 
-def fuel_cost(rng: random.Random) -> Problem:
+def _fuel_cost(rng: random.Random) -> Problem:
     per100, hundreds, price = rng.randint(5, 9), rng.randint(2, 8), rng.randint(2, 3)
     dist = hundreds * 100
     q = (f"A car uses {per100} litres of fuel per 100 km. Fuel costs ${price} per litre. "
@@ -358,7 +343,7 @@ def fuel_cost(rng: random.Random) -> Problem:
                        f"Cost: {hundreds * per100} × ${price} = ${hundreds * per100 * price}."], hundreds * per100 * price)
 
 
-def salary_raise(rng: random.Random) -> Problem:
+def _salary_raise(rng: random.Random) -> Problem:
     (name, _, poss) = _person(rng)
     monthly, pct = rng.randint(10, 40) * 100, rng.choice([5, 10, 15, 20])
     rise = monthly * pct // 100
@@ -367,7 +352,7 @@ def salary_raise(rng: random.Random) -> Problem:
                        f"New pay: ${monthly} + ${rise} = ${monthly + rise}."], monthly + rise)
 
 
-def bake_sale_profit(rng: random.Random) -> Problem:
+def _bake_sale_profit(rng: random.Random) -> Problem:
     item = rng.choice(["cupcakes", "brownies", "lemon bars", "cookies"])
     sold, price, cost = rng.randint(20, 80), rng.randint(2, 4), rng.randint(15, 50)
     q = (f"A school bake sale sells {sold} {item} at ${price} each. Ingredients cost ${cost}. "
@@ -376,7 +361,7 @@ def bake_sale_profit(rng: random.Random) -> Problem:
                        f"Profit: ${sold * price} - ${cost} = ${sold * price - cost}."], sold * price - cost)
 
 
-def stamp_collection(rng: random.Random) -> Problem:
+def _stamp_collection(rng: random.Random) -> Problem:
     (name, pron, poss) = _person(rng)
     have, packs, per, away = rng.randint(20, 120), rng.randint(2, 6), rng.choice([5, 10, 12, 15]), rng.randint(3, 20)
     q = (f"{name} has {have} stamps. {_cap(pron)} buys {packs} packs of {per} stamps and then "
@@ -386,7 +371,7 @@ def stamp_collection(rng: random.Random) -> Problem:
                        f"After giving: {have + new} - {away} = {have + new - away}."], have + new - away)
 
 
-def marble_ratio(rng: random.Random) -> Problem:
+def _marble_ratio(rng: random.Random) -> Problem:
     a, b, unit = rng.randint(1, 5), rng.randint(1, 5), rng.randint(2, 12)
     while a == b:
         b = rng.randint(1, 5)
@@ -396,7 +381,7 @@ def marble_ratio(rng: random.Random) -> Problem:
                        f"Blue: {b} × {unit} = {b * unit}."], b * unit)
 
 
-def score_average(rng: random.Random) -> Problem:
+def _score_average(rng: random.Random) -> Problem:
     (name, _, _) = _person(rng)
     s = [rng.randint(60, 100) for _ in range(3)]
     while sum(s) % 3:
@@ -406,218 +391,32 @@ def score_average(rng: random.Random) -> Problem:
                    sum(s) // 3)
 
 
-MATH_TEMPLATES: dict[str, Callable[[random.Random], Problem]] = {
-    f.__name__: f for f in (
-        shopping_total, money_change, ages_times, ages_sum, practice_hours, reading_hours, train_distance,
-        cycling_minutes, sharing_equal, boxes_leftover, sale_price, class_percent, garden_bags, fence_cost,
-        coin_cents, recipe_scale, savings_weeks, babysitting_left, tomato_harvest, bus_passengers, pages_left,
-        fruit_picking, farm_legs, pizza_slices, temperature_rise, tank_minutes, fuel_cost, salary_raise,
-        bake_sale_profit, stamp_collection, marble_ratio, score_average)
+# keyed by the public template name (no underscore): it is written into each row's "template"
+_MATH_TEMPLATES: dict[str, Callable[[random.Random], Problem]] = {
+    f.__name__.removeprefix("_"): f for f in (
+        _shopping_total, _money_change, _ages_times, _ages_sum, _practice_hours, _reading_hours, _train_distance,
+        _cycling_minutes, _sharing_equal, _boxes_leftover, _sale_price, _class_percent, _garden_bags, _fence_cost,
+        _coin_cents, _recipe_scale, _savings_weeks, _babysitting_left, _tomato_harvest, _bus_passengers, _pages_left,
+        _fruit_picking, _farm_legs, _pizza_slices, _temperature_rise, _tank_minutes, _fuel_cost, _salary_raise,
+        _bake_sale_profit, _stamp_collection, _marble_ratio, _score_average)
 }
 
 
 def word_problem(rng: random.Random, max_steps: int) -> tuple[str, Problem]:
     """A random template's problem with at most ``max_steps`` reasoning steps."""
     while True:
-        name = rng.choice(sorted(MATH_TEMPLATES))
-        prob = MATH_TEMPLATES[name](rng)
+        name = rng.choice(sorted(_MATH_TEMPLATES))
+        prob = _MATH_TEMPLATES[name](rng)
         if len(prob.steps) <= max_steps:
             return name, prob
 
 
 # --------------------------------------------------------------------- noisy math
 # Outputs that look like answers but teach nothing (or the wrong thing).
-def _noisy_output(rng: random.Random, answer: int) -> str:
+def noisy_output(rng: random.Random, answer: int) -> str:
+    """An answer-like output for a problem whose answer is ``answer``, with no reasoning."""
     wrong = answer + rng.choice([-1, 1]) * rng.randint(1, max(3, answer // 3))
     return rng.choice([
         str(wrong), f"#### {wrong}", "I don't know.", "Not sure, maybe ask a teacher.",
         f"The answer is {wrong}.", "This question is too hard to answer.", "It depends.", "lol idk",
     ])
-
-
-# --------------------------------------------------------------------- non-math templates
-WORDS = ["garden", "lantern", "harbor", "pencil", "rhythm", "meadow", "violin", "blanket", "crystal", "thunder",
-         "window", "biscuit", "orchard", "compass", "whisper", "kettle", "mirror", "planet", "saddle", "canyon",
-         "bottle", "feather", "library", "marble", "tunnel", "velvet", "anchor", "cabbage", "dolphin", "falcon"]
-SENTENCES = ["the meeting starts after lunch", "please close the window before you leave",
-             "our team won the regional final", "the bakery on the corner opens early",
-             "remember to water the plants", "the museum is free on sundays", "she plays the cello beautifully",
-             "the train to the coast was delayed", "this soup needs more salt", "we painted the fence blue",
-             "the library has a new reading room", "he forgot his umbrella again",
-             "the children built a sandcastle", "tickets go on sale next week", "the river froze overnight",
-             "my neighbour bakes bread every morning", "the printer on the second floor is jammed",
-             "we are hiking up the hill tomorrow", "the cat sleeps on the warm windowsill",
-             "the shop will close early today"]
-COUNTRIES = [  # (country, capital, continent, main language)
-    ("France", "Paris", "Europe", "French"), ("Japan", "Tokyo", "Asia", "Japanese"),
-    ("Kenya", "Nairobi", "Africa", "Swahili and English"), ("Brazil", "Brasília", "South America", "Portuguese"),
-    ("Canada", "Ottawa", "North America", "English and French"), ("Egypt", "Cairo", "Africa", "Arabic"),
-    ("Norway", "Oslo", "Europe", "Norwegian"), ("Peru", "Lima", "South America", "Spanish"),
-    ("Vietnam", "Hanoi", "Asia", "Vietnamese"), ("Australia", "Canberra", "Oceania", "English"),
-    ("Mexico", "Mexico City", "North America", "Spanish"), ("Poland", "Warsaw", "Europe", "Polish"),
-    ("Ghana", "Accra", "Africa", "English"), ("Thailand", "Bangkok", "Asia", "Thai"),
-    ("Chile", "Santiago", "South America", "Spanish"), ("Portugal", "Lisbon", "Europe", "Portuguese"),
-    ("Morocco", "Rabat", "Africa", "Arabic and Berber"), ("Indonesia", "Jakarta", "Asia", "Indonesian"),
-    ("Ireland", "Dublin", "Europe", "English and Irish"), ("New Zealand", "Wellington", "Oceania", "English and Māori"),
-]
-SENTIMENT = {  # (subject, positive adjectives, negative adjectives)
-    "subjects": ["The hotel room", "The new phone", "This restaurant", "The customer service", "The concert",
-                 "The delivery", "This laptop", "The tour guide", "The movie", "The coffee here"],
-    "Positive": ["was wonderful", "exceeded my expectations", "was friendly and quick", "is worth every penny",
-                 "made my day", "was a real pleasure"],
-    "Negative": ["was a huge disappointment", "broke after two days", "was rude and slow", "is overpriced",
-                 "ruined our evening", "was noisy and dirty"],
-}
-EMAILS = [  # (purpose in the instruction, body)
-    ("to move our meeting to {day}", "Would it be possible to move our meeting to {day}? Something urgent came up "
-     "at the original time. Please let me know if {day} works for you."),
-    ("to thank them for the {gift}", "Thank you so much for the {gift}. It was a thoughtful surprise and I will "
-     "put it to good use."),
-    ("asking for the latest {doc}", "Could you send me the latest version of the {doc} when you have a moment? "
-     "I would like to review it before our next check-in."),
-    ("to say you will be out of the office on {day}", "Just a heads-up that I will be out of the office on {day}. "
-     "I will reply to messages when I am back."),
-]
-FILLS = {"day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"],
-         "gift": ["book", "flowers", "scarf", "cookbook", "plant"],
-         "doc": ["project plan", "budget draft", "meeting notes", "design mock-ups", "report"]}
-SORT_SETS = [["banana", "apple", "cherry", "mango", "kiwi", "grape", "pear", "fig"],
-             ["zebra", "otter", "lion", "camel", "heron", "badger", "moose", "panda"],
-             ["violet", "amber", "teal", "crimson", "ivory", "olive", "navy", "coral"]]
-
-
-def text_reverse(rng: random.Random) -> tuple[str, str, str]:
-    w = rng.choice(WORDS)
-    return f"Reverse the letters of the word '{w}'.", "", w[::-1]
-
-
-def text_upper(rng: random.Random) -> tuple[str, str, str]:
-    s = rng.choice(SENTENCES)
-    return "Rewrite the following sentence in uppercase letters.", s, s.upper()
-
-
-def letter_count(rng: random.Random) -> tuple[str, str, str]:
-    w = rng.choice(WORDS)
-    c = rng.choice(sorted(set(w)))
-    n = w.count(c)
-    return (f"How many times does the letter '{c}' appear in the word '{w}'?", "",
-            f"The letter '{c}' appears {n} time{'s' if n > 1 else ''} in '{w}'.")
-
-
-def list_sort(rng: random.Random) -> tuple[str, str, str]:
-    items = rng.sample(rng.choice(SORT_SETS), rng.randint(4, 6))
-    how = rng.choice(["alphabetically", "in reverse alphabetical order"])
-    ordered = sorted(items, reverse=how != "alphabetically")
-    return f"Sort these words {how}: {', '.join(items)}.", "", ", ".join(ordered)
-
-
-def geography(rng: random.Random) -> tuple[str, str, str]:
-    country, capital, continent, language = rng.choice(COUNTRIES)
-    kind = rng.randrange(3)
-    if kind == 0:
-        return f"What is the capital of {country}?", "", f"The capital of {country} is {capital}."
-    if kind == 1:
-        return f"On which continent is {country}?", "", f"{country} is in {continent}."
-    return f"What language is mainly spoken in {country}?", "", f"The main language of {country} is {language}."
-
-
-def text_format(rng: random.Random) -> tuple[str, str, str]:
-    s = rng.choice(SENTENCES)
-    kind = rng.randrange(3)
-    if kind == 0:
-        return "Convert this phrase to title case.", s, s.title()
-    if kind == 1:
-        return "Turn this phrase into a snake_case identifier.", s, "_".join(s.split())
-    items = rng.sample(WORDS, rng.randint(3, 5))
-    return "Turn this comma-separated list into a bulleted list.", ", ".join(items), "\n".join(f"- {w}" for w in items)
-
-
-def email(rng: random.Random) -> tuple[str, str, str]:
-    (name, _, _), (me, _, _) = _two_people(rng)
-    purpose, body = rng.choice(EMAILS)
-    fill = {k: rng.choice(v) for k, v in FILLS.items()}
-    return (f"Write a short email to {name} {purpose.format(**fill)}.", "",
-            f"Hi {name},\n\n{body.format(**fill)}\n\nBest regards,\n{me}")
-
-
-def sentiment(rng: random.Random) -> tuple[str, str, str]:
-    label = rng.choice(["Positive", "Negative"])
-    text = f"{rng.choice(SENTIMENT['subjects'])} {rng.choice(SENTIMENT[label])}."
-    return "Classify the sentiment of this review as Positive or Negative.", text, label
-
-
-GENERIC_TEMPLATES: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
-    f.__name__: f for f in (text_reverse, text_upper, letter_count, list_sort, geography, text_format, email, sentiment)
-}
-
-
-# --------------------------------------------------------------------- assembly
-def _unique(make: Callable[[], tuple[str, dict[str, Any]]], seen: set[str], what: str) -> dict[str, Any]:
-    """Draw from ``make`` until its key is new; templates have finite variety, so give up loudly."""
-    for _ in range(1000):
-        key, row = make()
-        if key not in seen:
-            seen.add(key)
-            return row
-    raise RuntimeError(f"could not draw a new {what} example after 1000 tries; ask for fewer rows")
-
-
-def _math_row(rng: random.Random, max_steps: int, noisy: bool = False) -> tuple[str, dict[str, Any]]:
-    template, prob = word_problem(rng, max_steps)
-    output = _noisy_output(rng, prob.answer) if noisy else prob.rationale()
-    return prob.question, {"instruction": prob.question, "input": "", "output": output, "template": template}
-
-
-def _generic_row(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    family = rng.choice(sorted(GENERIC_TEMPLATES))
-    instruction, inp, output = GENERIC_TEMPLATES[family](rng)
-    return instruction + "\n" + inp, {"instruction": instruction, "input": inp, "output": output, "source": family}
-
-
-def make_task(rng: random.Random, n: int, seen: set[str]) -> list[dict[str, Any]]:
-    """``n`` word problems with 1 to 3 reasoning steps, ids ``task-00000`` ..."""
-    rows = [_unique(lambda: _math_row(rng, TASK_MAX_STEPS), seen, "task") for _ in range(n)]
-    return [{"id": f"task-{i:05d}", **row} for i, row in enumerate(rows)]
-
-
-def make_pool(rng: random.Random, n: int, seen: set[str]) -> list[dict[str, Any]]:
-    """``n`` shuffled pool rows: math, noisy math and templated non-math instructions."""
-    n_math, n_noisy = round(POOL_MATH_SHARE * n), round(POOL_NOISY_SHARE * n)
-    rows = [{**_unique(lambda: _math_row(rng, POOL_MAX_STEPS), seen, "math"), "source": "math"}
-            for _ in range(n_math)]
-    rows += [{**_unique(lambda: _math_row(rng, POOL_MAX_STEPS, noisy=True), seen, "noisy"), "source": "math_noisy"}
-             for _ in range(n_noisy)]
-    rows += [_unique(lambda: _generic_row(rng), seen, "generic") for _ in range(n - n_math - n_noisy)]
-    rng.shuffle(rows)
-    return [{"id": f"pool-{i:05d}", **row} for i, row in enumerate(rows)]
-
-
-def write_example_data(out_dir: str | Path, seed: int = 0, n_task: int = 160, n_pool: int = 400) -> dict[str, Path]:
-    """Write ``task.jsonl`` and ``pool.jsonl`` under ``out_dir``; return ``{"task": path, "pool": path}``.
-
-    The same ``seed`` gives byte-identical files. No task instruction appears in the pool."""
-    out = Path(out_dir)
-    # Separate streams so that the pool does not shift when n_task changes.
-    task_rng, pool_rng = random.Random(f"igds-task-{seed}"), random.Random(f"igds-pool-{seed}")
-    seen: set[str] = set()
-    task = make_task(task_rng, n_task, seen)
-    pool = make_pool(pool_rng, n_pool, seen)
-    paths = {"task": out / "task.jsonl", "pool": out / "pool.jsonl"}
-    atomic_write_jsonl(paths["task"], task)
-    atomic_write_jsonl(paths["pool"], pool)
-    return paths
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m igds.examples", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to write task.jsonl and pool.jsonl into")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-task", type=int, default=160)
-    parser.add_argument("--n-pool", type=int, default=400)
-    args = parser.parse_args(argv)
-    for name, path in write_example_data(args.out_dir, args.seed, args.n_task, args.n_pool).items():
-        print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-    main()
