@@ -30,6 +30,7 @@ def _effect_plot(plt: Any, cands: list[dict[str, Any]], validated: set[str]) -> 
         return na("intervention effects: no candidate has an <code>effect.mean_delta</code>.")
     rows = sorted(rows, key=lambda c: c["effect"]["mean_delta"])
     fig, ax = plt.subplots(figsize=(6.2, max(1.8, 0.2 * len(rows) + 0.9)))
+
     def finite(x: Any) -> bool:
         return is_num(x) and math.isfinite(x)
 

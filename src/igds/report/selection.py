@@ -60,7 +60,7 @@ def _mix_table(d: RunData, sel_idx: list[int]) -> str:
         pos = {int(ix): i for i, ix in enumerate(index)}
         sel_labels = [labels[pos[i]] for i in sel_idx]
         rows = []
-        for lab_v in sorted(set(labels), key=lambda v: -labels.count(v)):
+        for lab_v in sorted(dict.fromkeys(labels), key=lambda v: -labels.count(v)):
             n_pool, n_sel = labels.count(lab_v), sel_labels.count(lab_v)
             rows.append(f"<tr><td>{esc(lab_v)}</td>{td(n_pool, ',')}{td(n_sel, ',')}"
                         f"{td(100 * n_sel / max(1, len(sel_labels)), '.1f')}{td(100 * n_sel / n_pool, '.1f')}</tr>")
@@ -72,7 +72,7 @@ def _mix_table(d: RunData, sel_idx: list[int]) -> str:
         assert lab is not None
         name, labels = lab
         rows = [f"<tr><td>{esc(v)}</td>{td(labels.count(v), ',')}{td(100 * labels.count(v) / len(labels), '.1f')}</tr>"
-                for v in sorted(set(labels), key=lambda v: -labels.count(v))]
+                for v in sorted(dict.fromkeys(labels), key=lambda v: -labels.count(v))]
         return (f"<div><h4>Mix of the selection by <code>{esc(name)}</code></h4><table class='sortable compact'>"
                 f"<thead><tr><th>value</th><th>selected</th><th>% of selection</th></tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table></div>")
