@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from igds.activations import count_mask, iter_activation_batches, length_batches, pad
 from igds.artifacts import atomic_write_text
@@ -41,7 +42,7 @@ from igds.config import ScoreConfig
 from igds.data import load_examples, tokenize_example
 from igds.features import FeatureSet
 from igds.intervention import feature_effects
-from igds.losses import sequence_losses, target_mask
+from igds.losses import target_mask
 from igds.model import load_model
 from igds.sae import load_sae
 from igds.scoring import FeatureScorer
@@ -95,7 +96,9 @@ def full_logits_losses(lm, toks, max_tokens: int = 8192, max_batch: int = 16) ->
         batch = [toks[i] for i in idx]
         ids, mask = pad(batch, lm.tokenizer.pad_token_id)
         logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        out += sequence_losses(logits, ids, target_mask(batch, ids.shape[1])).tolist()
+        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+        tgt = target_mask(batch, ids.shape[1])[:, :-1]
+        out += ((ce * tgt).sum(dim=1) / tgt.sum(dim=1).clamp_min(1)).tolist()
     return out
 
 

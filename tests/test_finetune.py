@@ -7,7 +7,9 @@ from igds.activations import pad
 from igds.data import Example, tokenize_example
 from igds.finetune import (FinetuneConfig, ResponseCollator, ResponseOnlyLoss, build_train_data, finetune,
                            load_finetuned, train_model)
-from igds.losses import sequence_losses, target_mask
+from igds.losses import target_mask
+
+from oracles import sequence_losses
 
 pytest.importorskip("peft")
 

@@ -1,8 +1,8 @@
 import torch
 
 from igds.activations import count_mask, pad, residuals
-from igds.intervention import amplified_residuals, feature_effects, logits_at, masked_losses, replay_from
-from igds.losses import sequence_losses, target_mask
+from igds.intervention import amplified_residuals, feature_effects, replay_from
+from igds.losses import logits_at, target_mask
 
 from planted import blank_sae, example, plant_always_on, tokenized
 
@@ -55,10 +55,3 @@ def test_cached_prefix_equals_full_rerun(tiny_lm):
     # the blocks are restored afterwards
     assert all(type(b).__name__ != "_Replay" for b in tiny_lm.blocks)
 
-
-def test_masked_losses_match_full_logits(tiny_lm):
-    toks, ids, mask = _batch(tiny_lm)
-    tgt = target_mask(toks, ids.shape[1])
-    with torch.no_grad():
-        logits = tiny_lm.model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(masked_losses(tiny_lm, ids, mask, tgt), sequence_losses(logits, ids, tgt))

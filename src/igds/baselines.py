@@ -41,7 +41,7 @@ import pyarrow as pa
 from .data import Example, TokenizedExample, tokenize_example
 from .evaluate import token_losses
 from .model import LoadedModel
-from .selection import make_score_table
+from .selection import budget_for, make_score_table
 
 ZIP_LEVEL = 9
 ZIP_SEPARATOR = b"\n"  # every text enters the concatenation as ``text + "\n"``
@@ -234,8 +234,6 @@ def zip_scores(items: Sequence[Example | str | bytes], k1: int = 10000, k2: int 
     if ratio is not None and budget is not None:
         raise ValueError("give ratio or budget, not both")
     if ratio is not None:
-        from .selection import budget_for
-
         budget = budget_for(n, ratio=ratio)
     order = zip_order(items, k1, k2, k3, budget, scale, progress)
     if len(order) < n:

@@ -1,8 +1,10 @@
 """How good is an SAE on held-out text: reconstruction, sparsity, dead latents, and loss.
 
-For each batch three full forwards run on the same tokens:
+For each batch the residual after block L is read by a forward stopped there, then
+three loss forwards run on the same tokens (the house's loss, :mod:`igds.losses`, with
+the LM head only where a loss is counted):
 
-* clean - the model as is; the residual after block L is captured here;
+* clean - the model as is;
 * recon - that residual replaced by the SAE reconstruction at the counted positions;
 * zero  - that residual replaced by zeros at the same positions.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from contextlib import contextmanager
@@ -35,29 +38,22 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .activations import count_mask, length_batches, pad
+from .activations import _hidden, count_mask, length_batches, pad, residuals
 from .data import Example, TokenizedExample, tokenize_example
-from .sae import SAE, check_compatible
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+from .losses import pad_id, token_ce
+from .model import load_model
+from .sae import SAE, check_compatible, load_sae
+from .train_sae import TrainSAEConfig, _source_texts, parse_source
 
 
 @contextmanager
-def _splice(block: torch.nn.Module, positions: torch.Tensor, values: torch.Tensor | None,
-            capture: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """Replace the block output at ``positions`` (B, S bool) by ``values`` (n, d); ``None`` = keep.
-
-    With ``capture`` the (unmodified) block output is stored under ``"h"``."""
+def _splice(block: torch.nn.Module, positions: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """Replace the block output at ``positions`` (B, S bool) by ``values`` (n, d)."""
 
     def hook(_module: Any, _args: Any, output: Any) -> Any:
         h = _hidden(output)
-        if capture is not None:
-            capture["h"] = h.detach()
-        if values is None:
-            return None
         new = h.clone()
         new[positions] = values.to(new.dtype)
         if isinstance(output, tuple):
@@ -73,11 +69,11 @@ def _splice(block: torch.nn.Module, positions: torch.Tensor, values: torch.Tenso
         handle.remove()
 
 
-def _token_loss(logits: torch.Tensor, ids: torch.Tensor, at: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token cross-entropy of the predictions made at positions ``at`` (B, S-1 bool)."""
-    lg = logits[:, :-1][at].float()
-    tgt = ids[:, 1:][at]
-    return float(F.cross_entropy(lg, tgt, reduction="sum")), int(tgt.numel())
+def _token_loss(lm: Any, ids: torch.Tensor, mask: torch.Tensor, at: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token cross-entropy of the predictions made at positions ``at`` (B, S-1 bool).
+
+    The house's loss (:func:`igds.losses.token_ce`): LM head on those positions only."""
+    return float(token_ce(lm, ids, mask, F.pad(at, (0, 1)), reduction="sum")), int(at.sum())
 
 
 def _tokenize_all(lm: Any, examples: Sequence[Example | TokenizedExample | str], max_length: int,
@@ -115,7 +111,6 @@ def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExampl
     if not toks:
         raise ValueError("no evaluation examples with at least 2 tokens")
     tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     special = list(getattr(tok, "all_special_ids", []) or [])
     block = lm.blocks[layer]
     d = sae.d_in
@@ -129,17 +124,11 @@ def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExampl
     n_loss = 0
     t0 = time.perf_counter()
     batches = length_batches([len(e.ids) for e in toks], max_tokens, max_batch)
-    from tqdm.auto import tqdm
-
     for idx in tqdm(batches, desc="eval SAE", disable=not progress, file=sys.stderr):
         group = [toks[i] for i in idx]
-        ids, mask = pad(group, pad_id)
+        ids, mask = pad(group, pad_id(tok))
         counted = count_mask(group, ids.shape[1], "all", True, special, ids)
-        ids_d, mask_d = ids.to(lm.device), mask.to(lm.device)
-        cap: dict[str, torch.Tensor] = {}
-        with _splice(block, counted, None, capture=cap):
-            logits_clean = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
-        h = cap["h"].float().cpu()
+        h = residuals(lm, ids, mask, [layer])[layer].float().cpu()
         if max_norm is not None:
             too_big = counted & (h.norm(dim=-1) > max_norm)
             n_excl += int(too_big.sum())
@@ -159,14 +148,12 @@ def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExampl
         # predictions made at counted positions that have a next (non-padding) token
         at = counted[:, :-1] & mask[:, 1:].bool()
         pos = counted.to(lm.device)
+        s, n = _token_loss(lm, ids, mask, at)
+        loss["clean"] += s
         with _splice(block, pos, recon.to(lm.device)):
-            logits_recon = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
+            loss["recon"] += _token_loss(lm, ids, mask, at)[0]
         with _splice(block, pos, torch.zeros_like(recon).to(lm.device)):
-            logits_zero = lm.model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits
-        at_d = at.to(lm.device)
-        for name, lg in (("clean", logits_clean), ("recon", logits_recon), ("zero", logits_zero)):
-            s, n = _token_loss(lg, ids_d, at_d)
-            loss[name] += s
+            loss["zero"] += _token_loss(lm, ids, mask, at)[0]
         n_loss += n
     if n_tok == 0:
         raise ValueError("no counted tokens in the evaluation data (all were first/special/padding/over max_norm)")
@@ -203,10 +190,6 @@ def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExampl
 def load_eval_examples(lm: Any, data: Sequence[str], limit: int | None, max_length: int, seed: int = 0,
                        use_chat_template: bool = True) -> list[TokenizedExample]:
     """Read evaluation files (``PATH[::key=value,...]`` as in :func:`igds.train_sae.parse_source`)."""
-    import random
-
-    from .train_sae import TrainSAEConfig, _source_texts, parse_source
-
     cfg = TrainSAEConfig(max_length=max_length, use_chat_template=use_chat_template)
     rng = random.Random(seed)
     out: list[TokenizedExample] = []
@@ -225,9 +208,6 @@ def run_eval(model: str, sae: str, data: Sequence[str], *, layer: int | None = N
     """Load ``model`` and ``sae`` (a path, ``default`` or ``release/sae_id``) and evaluate on ``data``.
 
     ``limit`` takes a seeded random subset of that many records per file."""
-    from .model import load_model
-    from .sae import load_sae
-
     lm = load_model(model, device=device)
     s = load_sae(sae, model_name=lm.name, layer=layer, device=lm.device)
     examples = load_eval_examples(lm, data, limit, max_length, seed)

@@ -75,9 +75,11 @@ from .artifacts import atomic_write_json, atomic_write_text, read_json, stable_h
 from .config import (DataConfig, FilterConfig, ModelConfig, RecallConfig, RunConfig, SAEConfig, ScoreConfig,
                      dump_config, load_config)
 from .data import Example, write_messages
+from .evaluate import evaluate_task
 from .finetune import FinetuneConfig, train_model
 from .model import LoadedModel, load_model
 from .selection import read_score_table, select_indices, write_score_table
+from .tasks import Task, get_task
 
 IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
 BASELINE_METHODS = ("random", "loss", "ifd", "zip", "longest")
@@ -199,32 +201,28 @@ def method_dir(run_dir: Path, method: str) -> Path:
 
 
 # ====================================================================== task / evaluation seams
-def resolve_task(spec: Any) -> Any:
-    from .tasks import get_task
-
+def resolve_task(spec: Any) -> Task:
     return get_task(spec)
 
 
-def task_examples(task: Any, path: str, limit: int | None) -> list[Example]:
+def task_examples(task: Task, path: str, limit: int | None) -> list[Example]:
     """Evaluation examples of ``path`` in the task's own format."""
     return task.load(path, limit=limit)
 
 
-def headline_metric(task: Any) -> str:
+def headline_metric(task: Task) -> str:
     return str(task.metric)
 
 
-def evaluate_model(lm: LoadedModel, task: Any, examples: Sequence[Example], cfg: EvalConfig,
+def evaluate_model(lm: LoadedModel, task: Task, examples: Sequence[Example], cfg: EvalConfig,
                    use_chat_template: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-example records) of ``lm`` on ``examples`` (:func:`igds.evaluate.evaluate_task`)."""
-    from .evaluate import evaluate_task
-
     out = evaluate_task(lm, task, examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                         use_chat_template=use_chat_template, **cfg.options)
     return _numbers(out["metrics"]), out.get("records", [])
 
 
-def materialize(task: Any, dc: DataConfig, out: Path, skip_bad: bool = False,
+def materialize(task: Task, dc: DataConfig, out: Path, skip_bad: bool = False,
                 exclude_ids: set[str] | frozenset[str] = frozenset()) -> DataConfig:
     """Write ``dc``'s examples, rendered by ``task``, to ``out`` (``messages`` dialect, original
     ids; rewritten only when the content changes) and return a DataConfig that reads it."""
@@ -280,7 +278,7 @@ class Experiment:
 
     cfg: ExperimentConfig
     lm: LoadedModel | None = None
-    task: Any = None
+    task: Task | None = None
     run_dir: Path = field(init=False)
     _pool: list[Example] | None = None
     _data: dict[str, DataConfig] | None = None
@@ -304,7 +302,7 @@ class Experiment:
             self.lm = load_model(m.name, m.device, m.dtype, m.trust_remote_code)
         return self.lm
 
-    def the_task(self) -> Any:
+    def the_task(self) -> Task:
         if self.task is None:
             self.task = resolve_task(self.cfg.task)
         return self.task
@@ -744,7 +742,7 @@ def write_results(exp_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(exp_dir / "results.md", results_markdown(results))
 
 
-def run_experiment(cfg: ExperimentConfig, lm: LoadedModel | None = None, task: Any = None) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, lm: LoadedModel | None = None, task: Task | None = None) -> dict[str, Any]:
     """Run (or finish) an experiment; returns the results.json content."""
     check_config(cfg)
     return Experiment(cfg, lm=lm, task=task).run()

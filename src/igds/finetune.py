@@ -36,6 +36,7 @@ from torch import nn
 
 from .artifacts import atomic_write_json
 from .data import Example, tokenize_example
+from .losses import postprocess_logits
 from .model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class ResponseOnlyLoss(nn.Module):
     shifted labels, ``-100`` ignored, sum divided by ``num_items_in_batch`` when the
     Trainer passes it (correct under gradient accumulation), the mean otherwise.
     Logit soft-capping (Gemma-2) and logit scales (Cohere, Granite) are applied as the
-    models themselves do."""
+    models themselves do, by :func:`igds.losses.postprocess_logits` like every other loss."""
 
     accepts_loss_kwargs = True
     loss_type = "ForCausalLM"  # lets the Trainer count shifted labels for num_items_in_batch
@@ -216,15 +217,7 @@ class ResponseOnlyLoss(nn.Module):
         targets = labels[:, 1:]
         keep = targets.ne(-100)
         h = hidden[:, :-1][keep]  # (n_targets, d): only positions that predict a response token
-        logits = causal.get_output_embeddings()(h).float()
-        cfg = causal.config
-        if getattr(cfg, "logit_scale", None):  # Cohere
-            logits = logits * cfg.logit_scale
-        if getattr(cfg, "logits_scaling", None):  # Granite
-            logits = logits / cfg.logits_scaling
-        cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma-2/3
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = postprocess_logits(causal.config, causal.get_output_embeddings()(h).float())
         total = F.cross_entropy(logits, targets[keep], reduction="sum")
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp_min(1)
         if torch.is_tensor(denom):

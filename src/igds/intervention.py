@@ -12,8 +12,8 @@ Because the edit happens at layer L, the residual below L is the same for every
 feature: :func:`replay_from` computes it once and swaps blocks ``0..L`` for
 pass-through modules that hand back the (edited) cached residual, so each edited
 forward costs only the blocks above L. Several features are edited in one forward
-by stacking copies of the batch. The LM head is applied only at the positions the
-loss needs.
+by stacking copies of the batch. The loss is :func:`igds.losses.masked_losses`, which
+applies the LM head only at the positions it needs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .activations import _hidden, _StopForward, residuals
+from .activations import _hidden, residuals
+from .losses import masked_losses
 from .model import LoadedModel
 from .sae import SAE
 
@@ -62,52 +63,6 @@ def replay_from(lm: LoadedModel, layer: int, residual: torch.Tensor, as_tuple: b
     finally:
         for i, block in enumerate(saved):
             blocks[i] = block
-
-
-def _final_hidden_module(lm: LoadedModel) -> nn.Module:
-    norm, _ = lm.unembedding()
-    if norm is None:
-        raise ValueError(f"cannot find the final norm of {lm.name}")
-    return norm
-
-
-@torch.no_grad()
-def logits_at(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              positions: torch.Tensor) -> torch.Tensor:
-    """Logits only at ``positions`` (bool (B, S)), as a flat (n, vocab) tensor.
-
-    The forward is stopped after the final norm so the LM head runs on the needed rows only."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _a, out):
-        store["h"] = _hidden(out)
-        raise _StopForward
-
-    handle = _final_hidden_module(lm).register_forward_hook(hook)
-    try:
-        lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    h = store["h"][positions.to(lm.device)]
-    logits = lm.model.get_output_embeddings()(h).float()
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def masked_losses(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  target: torch.Tensor) -> torch.Tensor:
-    """Per-row mean next-token CE over the positions in ``target`` (B,), LM head on those rows only."""
-    logits = logits_at(lm, input_ids, attention_mask, target)
-    nxt = torch.roll(input_ids.to(lm.device), shifts=-1, dims=1)[target.to(lm.device)]
-    ce = torch.nn.functional.cross_entropy(logits, nxt, reduction="none")
-    rows = torch.arange(input_ids.shape[0], device=lm.device).unsqueeze(1).expand_as(target)[target.to(lm.device)]
-    total = torch.zeros(input_ids.shape[0], device=lm.device).index_add_(0, rows, ce)
-    count = target.sum(dim=1).to(lm.device)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
 def amplified_residuals(sae: SAE, h: torch.Tensor, features: Sequence[int], alpha: float,

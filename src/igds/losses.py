@@ -1,13 +1,28 @@
-"""Teacher-forced token losses, shared by the causal filter, the evaluators and baselines."""
+"""Teacher-forced token losses: the one cross-entropy of the house.
+
+The causal filter (:mod:`igds.intervention`), the reference loss (:mod:`igds.evaluate`),
+the Loss/IFD baselines (:mod:`igds.baselines`), SAE evaluation (:mod:`igds.eval_sae`)
+and fine-tuning (:mod:`igds.finetune`) all turn final hidden states into logits through
+:func:`postprocess_logits`, so the loss that validates a feature is the loss that training
+lowers, on every model family.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .activations import _hidden, _StopForward
 from .data import TokenizedExample
+from .model import LoadedModel
+
+
+def pad_id(tokenizer: Any, default: int = 0) -> int:
+    """The tokenizer's padding id, or ``default`` when it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else default
 
 
 def target_mask(examples: Sequence[TokenizedExample], width: int, part: str = "response") -> torch.Tensor:
@@ -27,15 +42,68 @@ def target_mask(examples: Sequence[TokenizedExample], width: int, part: str = "r
     return mask
 
 
-def sequence_losses(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy per row over the positions in ``mask`` (B,).
+def postprocess_logits(config: Any, logits: torch.Tensor) -> torch.Tensor:
+    """What a model's own forward does to its LM-head output, read from its ``config``.
+
+    Cohere multiplies by ``logit_scale``, Granite divides by ``logits_scaling``, and
+    Gemma-2/3 soft-cap with ``final_logit_softcapping``; models without these fields
+    (Llama, SmolLM2, ...) get ``logits`` back untouched."""
+    if getattr(config, "logit_scale", None):  # Cohere
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):  # Granite
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma-2/3
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _final_norm(lm: LoadedModel) -> nn.Module:
+    norm, _ = lm.unembedding()
+    if norm is None:
+        raise ValueError(f"cannot find the final norm of {lm.name}")
+    return norm
+
+
+@torch.no_grad()
+def logits_at(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              positions: torch.Tensor) -> torch.Tensor:
+    """Float logits only at ``positions`` (bool (B, S)), as a flat (n, vocab) tensor.
+
+    The forward is stopped after the final norm so the LM head runs on the needed rows only."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _a, out):
+        store["h"] = _hidden(out)
+        raise _StopForward
+
+    handle = _final_norm(lm).register_forward_hook(hook)
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    h = store["h"][positions.to(lm.device)]
+    return postprocess_logits(lm.model.config, lm.model.get_output_embeddings()(h).float())
+
+
+def token_ce(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Next-token CE of the positions in ``target`` (bool (B, S)): flat (n,) in row-major order,
+    or with ``reduction="sum"`` their sum (torch's own summation, not ``.sum()`` of the flat)."""
+    logits = logits_at(lm, input_ids, attention_mask, target)
+    nxt = torch.roll(input_ids.to(lm.device), shifts=-1, dims=1)[target.to(lm.device)]
+    return F.cross_entropy(logits, nxt, reduction=reduction)
+
+
+def masked_losses(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """Per-row mean next-token CE over the positions in ``target`` (B,), LM head on those rows only.
 
     Rows with no target positions get NaN, so they can never pass for a zero loss."""
-    targets = input_ids[:, 1:]
-    lp = logits[:, :-1].float()
-    m = mask[:, :-1].to(lp.device)
-    ce = F.cross_entropy(lp.reshape(-1, lp.shape[-1]), targets.reshape(-1).to(lp.device),
-                         reduction="none").view(targets.shape)
-    total = (ce * m).sum(dim=1)
-    count = m.sum(dim=1)
+    ce = token_ce(lm, input_ids, attention_mask, target)
+    rows = torch.arange(input_ids.shape[0], device=lm.device).unsqueeze(1).expand_as(target)[target.to(lm.device)]
+    total = torch.zeros(input_ids.shape[0], device=lm.device).index_add_(0, rows, ce)
+    count = target.sum(dim=1).to(lm.device)
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))

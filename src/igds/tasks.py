@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .data import DataError, DataSpec, Example, Rejects, iter_examples
+from .metrics import METRICS
 
 RecordFn = Callable[[dict[str, Any], str, int], Any]  # (record, source, line) -> value
 
@@ -71,8 +72,6 @@ class Task:
     gold_fn: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from .evaluate import METRICS
-
         if isinstance(self.metrics, str):
             self.metrics = (self.metrics,)
         self.metrics = tuple(self.metrics)
