@@ -33,9 +33,10 @@ import torch
 from igds.artifacts import atomic_write_text
 from igds.config import load_config
 from igds.data import load_examples, tokenize_example
+from igds.engines import score_features
 from igds.features import FeatureSet
+from igds.inputs import data_spec, load_saes, resolve_source
 from igds.model import load_model
-from igds.pipeline import data_spec, load_saes, resolve_source
 from igds.sae import SAE
 from igds.scoring import score_pool
 from splice import splice
@@ -88,8 +89,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from igds.ray_engine import score_pool_ray
-
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="igds-engines-"))
     t = time.perf_counter()
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run_local(out: Path, limit: int | None = cfg.pool.limit):
         return score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, out,
-                          limit=limit)
+                          limit=limit).table
 
     run_local(tmp / "warm-up", limit=2)  # allocator and kernels, as a Ray actor's first shard also pays
     rows = []
@@ -125,10 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for setup in args.ray_setups.split(","):
             actors, cpus = setup.split("x")
-            cfg.score.ray_actors, cfg.score.ray_cpus_per_actor = int(actors), float(cpus)
+            cfg.score.engine, cfg.score.ray_actors, cfg.score.ray_cpus_per_actor = "ray", int(actors), float(cpus)
             out = tmp / f"ray-{setup}"
             t = time.perf_counter()
-            table = score_pool_ray(cfg, fs, out, lm=lm, saes=saes)
+            table = score_features(cfg, lm, saes, fs, out).table
             rows.append((f"ray {actors} actor(s) x {cpus} CPU", "end to end incl. actor start + model load",
                          time.perf_counter() - t))
             assert table.column("id").to_pylist() == local.column("id").to_pylist()

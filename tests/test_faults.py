@@ -130,6 +130,17 @@ def test_over_long_examples_are_truncated_and_counted(setup, tmp_path):
     assert max(table.column("n_tokens").to_pylist()) <= max_length
 
 
+def test_run_json_counts_this_runs_pool_when_the_cache_holds_another_settings_shards(setup, tmp_path):
+    # Two settings of the same run directory leave two scores-<key> folders side by side;
+    # run.json must count the pool of the run that wrote it, whichever folder a listing
+    # happens to give first. Alternating the settings makes a fixed pick fail one way.
+    for limit, expected in ((8, 8), (None, 20), (8, 8), (None, 20)):
+        assert _run(setup, f"pool.limit={'null' if limit is None else limit}") == 0
+        run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert run_json["pool_size"] == expected
+    assert len(list((tmp_path / "run" / "cache").glob("scores-*/summary.json"))) == 2
+
+
 def test_skip_bad_writes_rejects_with_reasons_and_scores_every_valid_row(setup, tmp_path, capsys):
     valid = setup["pool_rows"]
     lines = [json.dumps(r) for r in valid]

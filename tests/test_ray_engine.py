@@ -24,8 +24,12 @@ ray = pytest.importorskip("ray")
 
 from igds.cli import main  # noqa: E402
 from igds.config import load_config  # noqa: E402
+from igds.engines import score_features  # noqa: E402
 from igds.features import FeatureSet  # noqa: E402
-from igds.ray_engine import ShardScorer, score_pool_ray  # noqa: E402
+from igds.inputs import data_spec, load_saes  # noqa: E402
+from igds.model import load_model  # noqa: E402
+from igds.ray_engine import RayCompute, ShardScorer  # noqa: E402
+from igds.scoring import score_pool  # noqa: E402
 
 from planted import blank_sae  # noqa: E402
 from test_cli import setup  # noqa: E402,F401  (tiny model + planted SAE saved to disk)
@@ -127,7 +131,10 @@ def _ray_rerun(setup, local_dir, out, *, scorer_cls, max_retries=3):
     cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [setup["sae"]], "pool.path": setup["pool"],
                                  "score.shard_size": 6, "score.max_length": 40, "score.ray_actors": 2,
                                  "score.ray_cpus_per_actor": 0.5, "score.ray_max_retries": max_retries})
-    return score_pool_ray(cfg, FeatureSet.load(local_dir / "features.json"), out, scorer_cls=scorer_cls)
+    fs = FeatureSet.load(local_dir / "features.json")
+    lm = load_model(setup["model"], "cpu")  # the driver's copy: only the cache key reads it
+    return score_pool(lm, load_saes(cfg, lm), fs, setup["pool"], data_spec(cfg.pool), cfg.score, out,
+                      compute=RayCompute(cfg, fs, scorer_cls))
 
 
 def test_killed_ray_worker_is_retried_and_every_row_appears_once(setup, tmp_path):
@@ -166,8 +173,10 @@ def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path
         sae.b_enc[5] = float("nan")
     sae.save(tmp_path / "nan_sae")
     cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [str(tmp_path / "nan_sae")],
-                                 "pool.path": setup["pool"], "score.shard_size": 8, "score.ray_cpus_per_actor": 0.5})
+                                 "pool.path": setup["pool"], "score.shard_size": 8, "score.ray_cpus_per_actor": 0.5,
+                                 "score.engine": "ray"})
     fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 1.0}], validated=["L1/F5"])
+    lm = load_model(setup["model"], "cpu")
     with pytest.raises(FloatingPointError, match=r"pool\.jsonl:(\d+): non-finite feature activations for example 'p\d+'"):
-        score_pool_ray(cfg, fs, tmp_path / "run")
+        score_features(cfg, lm, load_saes(cfg, lm), fs, tmp_path / "run")
     assert not (tmp_path / "run" / "scores.parquet").exists()

@@ -96,23 +96,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .model import load_model
-    from .pipeline import find_features, load_saes
+    from .pipeline import load_features
 
     cfg = _config_from_args(args)
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lm = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trust_remote_code)
-    fs = find_features(cfg, lm, load_saes(cfg, lm), run_dir)
-    print(f"{len(fs.validated)} validated of {len(fs.candidates)} candidates -> {run_dir / 'features.json'}")
+    _, _, fs = load_features(cfg)
+    print(f"{len(fs.validated)} validated of {len(fs.candidates)} candidates -> {Path(cfg.out) / 'features.json'}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .engines import score as engine_score
+    from .pipeline import stages
 
     cfg = _config_from_args(args)
-    table = engine_score(cfg)
+    table = stages(cfg).scores.table
     print(f"{table.num_rows} examples scored -> {Path(cfg.out) / 'scores.parquet'}")
     return 0
 

@@ -226,7 +226,7 @@ def materialize(task: Task, dc: DataConfig, out: Path, skip_bad: bool = False,
                 exclude_ids: set[str] | frozenset[str] = frozenset()) -> DataConfig:
     """Write ``dc``'s examples, rendered by ``task``, to ``out`` (``messages`` dialect, original
     ids; rewritten only when the content changes) and return a DataConfig that reads it."""
-    from .pipeline import resolve_source
+    from .inputs import resolve_source
 
     exs: list[Example] = []
     for e in task.examples(resolve_source(dc, "data"), split=dc.split, skip_bad=skip_bad):
@@ -327,7 +327,7 @@ class Experiment:
 
     def pool_from(self, dc: DataConfig) -> list[Example]:
         if self._pool is None:
-            from .pipeline import read_examples
+            from .inputs import read_examples
 
             self._pool = read_examples(dc, "pool", self.cfg.skip_bad)
         return self._pool
@@ -345,7 +345,7 @@ class Experiment:
 
     # ---- cache keys
     def data_key(self) -> dict[str, Any]:
-        from .pipeline import resolve_source
+        from .inputs import resolve_source
         from .scoring import source_fingerprint
 
         c, pool = self.cfg, self.data()["pool"]
@@ -443,7 +443,7 @@ class Experiment:
 
     def saes(self) -> Any:
         if self._saes is None:
-            from .pipeline import load_saes
+            from .inputs import load_saes
 
             self._saes = load_saes(run_config(self.cfg, "igds", self.data()), self.model())
         return self._saes

@@ -1,5 +1,9 @@
 """``igds run``: task features -> feature-resonant scores -> selection (-> report).
 
+The one place the stages are sequenced: :func:`load_features` loads the model and SAEs
+and runs Stage 1 (:func:`features`); :func:`stages` adds Stage 2 (:func:`scores`).
+``igds features`` stops after the first, ``igds score``, :func:`run` and the experiment
+runner (:func:`igds_scores`) go through the second.
 Each step writes its artifacts into the run directory and is skipped when its
 output already exists for the same inputs (a cache key over model, SAEs, data
 content and the config that matters), so re-running a command resumes it.
@@ -8,7 +12,6 @@ content and the config that matters), so re-running a command resumes it.
 from __future__ import annotations
 
 import platform
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,65 +19,20 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 import torch
+import transformers
 
-from .artifacts import atomic_write_json, atomic_write_text, read_json, stable_hash
-from .config import DataConfig, RunConfig, dump_config, load_config
-from .data import DataSpec, Example, iter_examples, load_examples, tokenize_example, write_records
+from . import __version__
+from .artifacts import atomic_write_json, atomic_write_text, stable_hash
+from .config import RunConfig, dump_config, load_config
+from .data import Example, iter_examples, tokenize_example, write_records
+from .engines import score_features
 from .features import FeatureSet, find_task_features
+from .inputs import data_spec, load_saes, read_examples, resolve_source, split_task
 from .model import LoadedModel, load_model
-from .sae import SAE, check_compatible, load_sae
-from .scoring import source_fingerprint
+from .report import write_report
+from .sae import SAE
+from .scoring import Scores, source_fingerprint
 from .selection import read_score_table, select_indices
-
-BUILTIN_REFERENCE = Path(__file__).parent / "assets" / "reference" / "generic_instructions.jsonl"
-
-
-def data_spec(dc: DataConfig) -> DataSpec:
-    return DataSpec(dialect=dc.dialect, prompt_field=dc.prompt_field, response_field=dc.response_field,
-                    prompt_template=dc.prompt_template, id_field=dc.id_field, system_prompt=dc.system_prompt)
-
-
-def resolve_source(dc: DataConfig, what: str) -> str:
-    if not dc.path:
-        raise ValueError(f"no {what} data given (set {what}.path, or --{what.replace('_', '-')} on the CLI)")
-    if dc.path == "builtin:generic":
-        return str(BUILTIN_REFERENCE)
-    return dc.path
-
-
-def read_examples(dc: DataConfig, what: str, skip_bad: bool = False, limit: int | None = None) -> list[Example]:
-    limit = dc.limit if limit is None else (limit if dc.limit is None else min(limit, dc.limit))
-    return load_examples(resolve_source(dc, what), data_spec(dc), split=dc.split, skip_bad=skip_bad, limit=limit)
-
-
-def load_saes(cfg: RunConfig, lm: LoadedModel) -> dict[int, SAE]:
-    """Load every configured SAE, keyed by the layer it reads, and check it fits the model."""
-    layers = cfg.sae.layers or [None] * len(cfg.sae.paths)
-    if len(layers) != len(cfg.sae.paths):
-        raise ValueError(f"sae.layers has {len(layers)} entries but sae.paths has {len(cfg.sae.paths)}")
-    saes: dict[int, SAE] = {}
-    for path, layer in zip(cfg.sae.paths, layers):
-        sae = load_sae(path, model_name=lm.name, layer=layer, device=lm.device, dtype=torch.float32)
-        check_compatible(sae, lm.d_model, lm.n_layers, source=f"SAE {path}")
-        if sae.layer in saes:
-            raise ValueError(f"two SAEs read layer {sae.layer}; give one SAE per layer")
-        saes[sae.layer] = sae  # type: ignore[index]
-    return saes
-
-
-def split_task(examples: Sequence[Example], probe_size: int, validation_size: int, seed: int,
-               validation: Sequence[Example] | None = None) -> tuple[list[Example], list[Example]]:
-    """Disjoint probe and validation sets (a seeded shuffle of the task file)."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    if validation is not None:
-        return [examples[i] for i in order[:probe_size]], list(validation)[:validation_size]
-    if len(examples) < 2:
-        raise ValueError("the task data needs at least 2 examples (probe and validation)")
-    n_val = min(validation_size, len(examples) // 2)
-    val = [examples[i] for i in order[:n_val]]
-    probe = [examples[i] for i in order[n_val:n_val + probe_size]]
-    return probe, val
 
 
 def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources: dict[str, str]) -> str:
@@ -86,7 +44,7 @@ def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources
                         "chat": cfg.use_chat_template, "seed": cfg.seed})
 
 
-def find_features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
+def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
     """Stage 1, cached in ``RUN_DIR/features.json``."""
     sources = {"task": resolve_source(cfg.task, "task"), "reference": resolve_source(cfg.reference, "reference")}
     if cfg.validation.path:
@@ -119,11 +77,16 @@ def find_features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir
     return fs
 
 
+def scores(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], fs: FeatureSet, run_dir: Path) -> Scores:
+    """Stage 2 of ``cfg.pool`` on the configured engine, resumable in ``RUN_DIR/cache``."""
+    return score_features(cfg, lm, saes, fs, run_dir)
+
+
 def write_selection(run_dir: Path, cfg: RunConfig, table: pa.Table, ratio: float | None = None,
                     budget: int | None = None, out: Path | None = None) -> tuple[Path, int]:
     """Write the selected pool records (own dialect, best first) plus ``igds_score``."""
     chosen = select_indices(table, ratio=ratio, budget=budget)
-    scores = dict(zip(table.column("index").to_pylist(), table.column("score").to_pylist()))
+    by_index = dict(zip(table.column("index").to_pylist(), table.column("score").to_pylist()))
     rank = {idx: r for r, idx in enumerate(chosen)}
     picked: list[tuple[int, Example]] = []
     stream = iter_examples(resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), split=cfg.pool.split,
@@ -135,9 +98,49 @@ def write_selection(run_dir: Path, cfg: RunConfig, table: pa.Table, ratio: float
             picked.append((rank[i], ex))
     picked.sort(key=lambda p: p[0])
     out = out or run_dir / "selection.jsonl"
-    write_records(out, [ex for _, ex in picked], {ex.id: {"igds_score": scores[i]} for i, ex in
+    write_records(out, [ex for _, ex in picked], {ex.id: {"igds_score": by_index[i]} for i, ex in
                                                  ((chosen[r], ex) for r, ex in picked)})
     return out, len(picked)
+
+
+def load_features(cfg: RunConfig, lm: LoadedModel | None = None, run_dir: str | Path | None = None, *,
+                  timings: dict[str, float] | None = None) -> tuple[LoadedModel, dict[int, SAE], FeatureSet]:
+    """Load the model (unless given) and the SAEs, then Stage 1, in ``run_dir`` (default ``cfg.out``).
+
+    Seconds per step go into ``timings``."""
+    run_dir = Path(cfg.out if run_dir is None else run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings = {} if timings is None else timings
+    t = time.time()
+    lm = lm or load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trust_remote_code)
+    saes = load_saes(cfg, lm)
+    timings["load"] = time.time() - t
+    t = time.time()
+    fs = features(cfg, lm, saes, run_dir)
+    timings["features"] = time.time() - t
+    return lm, saes, fs
+
+
+@dataclass
+class Staged:
+    """What :func:`stages` produced: the model it used, Stage 1's features, Stage 2's scores."""
+
+    lm: LoadedModel
+    features: FeatureSet
+    scores: Scores
+
+
+def stages(cfg: RunConfig, lm: LoadedModel | None = None, run_dir: str | Path | None = None, *,
+           timings: dict[str, float] | None = None) -> Staged:
+    """:func:`load_features`, then Stage 2: the sequence ``igds score``, :func:`run` and the
+    experiment runner share."""
+    run_dir = Path(cfg.out if run_dir is None else run_dir)
+    timings = {} if timings is None else timings
+    lm, saes, fs = load_features(cfg, lm, run_dir, timings=timings)
+    t = time.time()
+    sc = scores(cfg, lm, saes, fs, run_dir)
+    timings["scoring"] = time.time() - t
+    return Staged(lm, fs, sc)
 
 
 @dataclass
@@ -151,49 +154,30 @@ class RunResult:
 
 
 def versions() -> dict[str, str]:
-    import transformers
-
-    from . import __version__
+    """The versions that made a run, for ``run.json``."""
     return {"igds": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 
 
 def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
     """Stage 1 + Stage 2 + selection (+ report), resumable in ``cfg.out``."""
-    from .engines import score_features
-
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
     t0 = time.time()
-    lm = lm or load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trust_remote_code)
-    saes = load_saes(cfg, lm)
-    timings["load"] = time.time() - t0
-    t = time.time()
-    fs = find_features(cfg, lm, saes, run_dir)
-    timings["features"] = time.time() - t
-    t = time.time()
-    table = score_features(cfg, lm, saes, fs, run_dir)
-    timings["scoring"] = time.time() - t
-    selection, n = write_selection(run_dir, cfg, table, cfg.select.ratio if cfg.select.budget is None else None,
+    staged = stages(cfg, lm, run_dir, timings=timings)
+    lm, fs, sc = staged.lm, staged.features, staged.scores
+    selection, n = write_selection(run_dir, cfg, sc.table, cfg.select.ratio if cfg.select.budget is None else None,
                                    cfg.select.budget)
-    summary = read_json(next((run_dir / "cache").glob("scores-*/summary.json")))
     info = {"versions": versions(), "timings_s": {k: round(v, 2) for k, v in timings.items()},
             "wall_s": round(time.time() - t0, 2), "model": lm.name, "device": str(lm.device),
             "dtype": str(lm.dtype).replace("torch.", ""), "n_validated": len(fs.validated),
-            "n_selected": n, **summary}
+            "n_selected": n, **sc.summary}
     atomic_write_json(run_dir / "run.json", info)
-    report = None
-    if cfg.report:
-        try:
-            from .report import write_report
-        except ImportError:
-            write_report = None  # the report needs matplotlib (igds[report])
-        if write_report is not None:
-            report = write_report(run_dir)
-    return RunResult(run_dir, fs, table, selection, n, report)
+    report = write_report(run_dir) if cfg.report else None
+    return RunResult(run_dir, fs, sc.table, selection, n, report)
 
 
 def reselect(run_dir: str | Path, ratio: float | None = None, budget: int | None = None,
@@ -208,10 +192,5 @@ def reselect(run_dir: str | Path, ratio: float | None = None, budget: int | None
 
 def igds_scores(lm: LoadedModel, cfg: RunConfig, run_dir: str | Path) -> tuple[pa.Table, FeatureSet]:
     """Stage 1 + Stage 2 for the experiment runner: the IGDS score table of ``cfg.pool``."""
-    from .engines import score_features
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saes = load_saes(cfg, lm)
-    fs = find_features(cfg, lm, saes, run_dir)
-    return score_features(cfg, lm, saes, fs, run_dir), fs
+    staged = stages(cfg, lm, run_dir)
+    return staged.scores.table, staged.features

@@ -11,16 +11,20 @@ Scoring streams the pool in shards of ``shard_size`` examples. Each finished sha
 written atomically under ``RUN_DIR/cache/scores-<key>/``, where the key hashes
 everything the scores depend on (model, SAEs, validated features and scales, pool
 content, scoring settings). A killed run resumes from its last finished shard and
-produces a byte-identical ``scores.parquet``.
+produces a byte-identical ``scores.parquet``. :class:`ShardStore` owns that cache;
+an engine (:func:`compute_local` here, :mod:`igds.ray_engine` on Ray) only scores the
+shards the store says are pending, and :func:`score_pool` runs the one sequence:
+pending -> compute -> assemble.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import iter_activation_batches
-from .artifacts import atomic_write_json, atomic_write_parquet, read_json, sha256_file, stable_hash
+from .artifacts import (atomic_write_json, atomic_write_jsonl, atomic_write_parquet, read_json, sha256_file,
+                        stable_hash)
 from .config import ScoreConfig
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
 from .features import FeatureSet
@@ -187,66 +192,135 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
     })
 
 
+@dataclass(frozen=True)
+class Shard:
+    """``examples`` of the pool, the ``index``-th shard, starting at pool row ``start``."""
+
+    index: int
+    start: int
+    examples: list[Example]
+
+
+class Scores(NamedTuple):
+    """Stage 2's result: the score table, the top windows per feature and the pool's counts."""
+
+    table: pa.Table
+    tops: dict[str, list]
+    summary: dict[str, Any]
+
+
+class ShardStore:
+    """The shard cache of one scoring run: ``RUN_DIR/cache/scores-<key>/``.
+
+    The only code that knows the layout (``shard-NNNNN.parquet`` plus its ``.json``
+    sidecar), the key (one folder per key, so settings never mix) and when a shard is
+    done (both files exist; the sidecar is written first). Engines only compute the
+    shards :meth:`pending` yields and hand each to :meth:`put`."""
+
+    def __init__(self, run_dir: str | Path, key: str, shard_size: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.key = key
+        self.shard_size = shard_size
+        self.dir = self.run_dir / "cache" / f"scores-{key}"
+        self.n_shards = 0  # shards in the pool, known once pending() is exhausted
+        self._scanned = False
+
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        return self.dir / f"shard-{index:05d}.parquet", self.dir / f"shard-{index:05d}.json"
+
+    def done(self, index: int) -> bool:
+        table, side = self._paths(index)
+        return table.exists() and side.exists()
+
+    def pending(self, stream: Iterable[Example]) -> Iterator[Shard]:
+        """Cut ``stream`` into shards and yield those not done; a done shard must hold the same ids."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.n_shards, self._scanned, start = 0, False, 0
+        for index, chunk in enumerate(shards(iter(stream), self.shard_size)):
+            if self.done(index):
+                path = self._paths(index)[0]
+                if pq.read_table(path, columns=["id"]).column("id").to_pylist() != [e.id for e in chunk]:
+                    raise RuntimeError(f"{path}: cached shard does not match the pool; delete {self.dir}")
+            else:
+                yield Shard(index, start, chunk)
+            start += len(chunk)
+            self.n_shards = index + 1
+        self._scanned = True
+
+    def put(self, index: int, table: pa.Table, extra: dict[str, Any]) -> None:
+        """Store a scored shard (``extra``: its ``tops`` and ``n_truncated``), atomically."""
+        path, side = self._paths(index)
+        # sidecar first, then the table: a killed run never leaves a table without its sidecar
+        atomic_write_json(side, extra)
+        atomic_write_parquet(path, table)
+
+    def assemble(self, cfg: ScoreConfig, features: FeatureSet, rejects: Rejects) -> Scores:
+        """Join every shard into ``scores.parquet`` and ``top_examples.json`` (plus the
+        rejects and the summary) once all are done."""
+        missing = [s for s in range(self.n_shards) if not self.done(s)]
+        if not self._scanned or missing:
+            raise RuntimeError(f"{self.dir}: shards are missing after scoring; run again to resume")
+        tables, tops, n_truncated = [], [], 0
+        for s in range(self.n_shards):
+            path, side = self._paths(s)
+            extra = read_json(side)
+            tables.append(pq.read_table(path))
+            tops.append(extra["tops"])
+            n_truncated += extra["n_truncated"]
+        table = pa.concat_tables(tables).replace_schema_metadata({"igds": json.dumps({
+            "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
+            "normalize": cfg.normalize, "features": [c["key"] for c in features.validated_features]})})
+        merged = merge_tops(tops, cfg.top_examples)
+        atomic_write_parquet(self.run_dir / "scores.parquet", table)
+        atomic_write_json(self.run_dir / "top_examples.json", merged)
+        summary = {"pool_size": table.num_rows, "n_truncated": n_truncated, "n_rejected": len(rejects.rows),
+                   "max_length": cfg.max_length}
+        if rejects.rows:
+            atomic_write_jsonl(self.run_dir / "rejects.jsonl", rejects.rows)
+        atomic_write_json(self.dir / "summary.json", summary)
+        return Scores(table, merged, summary)
+
+
+# An engine: scores the shards it is given and hands each to ``store.put`` as it finishes.
+Compute = Callable[[Iterable[Shard], ShardStore], None]
+
+
+def compute_local(pending: Iterable[Shard], store: ShardStore, scorer: FeatureScorer) -> None:
+    """The local engine: score each pending shard in this process."""
+    bar = tqdm(desc="scoring", unit="ex", dynamic_ncols=True)
+    n_tok = 0
+    for shard in pending:
+        table, tops, n_truncated = scorer.score(shard.examples, shard.start)
+        store.put(shard.index, table, {"tops": tops, "n_truncated": n_truncated})
+        n_tok += int(np.asarray(table.column("n_tokens")).sum())
+        bar.update(len(shard.examples))
+        if bar.format_dict.get("elapsed"):
+            bar.set_postfix(tok_s=f"{n_tok / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+    bar.close()
+
+
 def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool_source: str,
                spec: DataSpec, cfg: ScoreConfig, run_dir: str | Path, *, use_chat_template: bool = True,
-               skip_bad: bool = False, limit: int | None = None, max_new_shards: int | None = None,
-               scorer: FeatureScorer | None = None, split: str | None = None) -> pa.Table | None:
-    """Score a pool into ``RUN_DIR/scores.parquet`` (resumable; returns None if stopped early).
+               skip_bad: bool = False, limit: int | None = None, split: str | None = None,
+               compute: Compute | None = None) -> Scores:
+    """Score a pool into ``RUN_DIR/scores.parquet``, resuming from the shards already cached.
 
-    ``max_new_shards`` stops after that many newly computed shards (used to test resume)."""
-    run_dir = Path(run_dir)
+    ``compute`` is the engine that scores the shards the cache lacks: by default this
+    process (:func:`compute_local`); :class:`igds.ray_engine.RayCompute` on Ray. Both
+    fill the same cache, so either resumes the other."""
     key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit,
                           str(lm.dtype).replace("torch.", ""), split)
-    shard_dir = run_dir / "cache" / f"scores-{key}"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    scorer = scorer or FeatureScorer(lm, saes, features, cfg, use_chat_template)
+    store = ShardStore(run_dir, key, cfg.shard_size)
+    if compute is None:
+        compute = partial(compute_local, scorer=FeatureScorer(lm, saes, features, cfg, use_chat_template))
     rejects = Rejects()
     stream = iter_examples(pool_source, spec, split=split, skip_bad=skip_bad, rejects=rejects)
     if limit is not None:
         stream = (ex for i, ex in zip(range(limit), stream))
-    tables, tops, n_truncated, computed, offset = [], [], 0, 0, 0
-    bar = tqdm(desc="scoring", unit="ex", dynamic_ncols=True)
-    n_tok = 0
-    for s, chunk in enumerate(shards(stream, cfg.shard_size)):
-        path = shard_dir / f"shard-{s:05d}.parquet"
-        side = shard_dir / f"shard-{s:05d}.json"
-        if path.exists() and side.exists():
-            table = pq.read_table(path)
-            extra = read_json(side)
-            if table.num_rows != len(chunk) or table.column("id").to_pylist() != [e.id for e in chunk]:
-                raise RuntimeError(f"{path}: cached shard does not match the pool; delete {shard_dir}")
-        else:
-            if max_new_shards is not None and computed >= max_new_shards:
-                bar.close()
-                return None
-            table, shard_tops, trunc = scorer.score(chunk, offset)
-            extra = {"tops": shard_tops, "n_truncated": trunc}
-            atomic_write_json(side, extra)
-            atomic_write_parquet(path, table)
-            computed += 1
-            n_tok += int(np.asarray(table.column("n_tokens")).sum())
-        tables.append(table)
-        tops.append(extra["tops"])
-        n_truncated += extra["n_truncated"]
-        offset += len(chunk)
-        bar.update(len(chunk))
-        if bar.format_dict.get("elapsed"):
-            bar.set_postfix(tok_s=f"{n_tok / max(bar.format_dict['elapsed'], 1e-9):.0f}")
-    bar.close()
-    if not tables:
+    compute(store.pending(stream), store)
+    if store.n_shards == 0:
         raise ValueError(f"{pool_source}: the pool has no usable examples")
-    table = pa.concat_tables(tables).replace_schema_metadata({"igds": json.dumps({
-        "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
-        "normalize": cfg.normalize, "features": scorer.keys})})
-    atomic_write_parquet(run_dir / "scores.parquet", table)
-    atomic_write_json(run_dir / "top_examples.json", merge_tops(tops, cfg.top_examples))
-    stats = {"pool_size": table.num_rows, "n_truncated": n_truncated, "n_rejected": len(rejects.rows),
-             "max_length": cfg.max_length}
-    if rejects.rows:
-        from .artifacts import atomic_write_jsonl
-        atomic_write_jsonl(run_dir / "rejects.jsonl", rejects.rows)
-    atomic_write_json(shard_dir / "summary.json", stats)
-    return table
+    return store.assemble(cfg, features, rejects)
 
 
 def feature_activations(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, examples: Sequence[Example],
