@@ -56,7 +56,7 @@ LAYER = 15
 def pool_examples(n: int, max_chars: int | None = None):
     path = SHARED / "instruction_pool" / "t0_pool.jsonl"
     if not path.exists():
-        from igds.examples import write_example_data
+        from igds.quickstart import write_example_data
         path = write_example_data(ROOT / ".bench" / "examples")["pool"]
     exs = load_examples(path, limit=None)
     rng = random.Random(0)

@@ -50,7 +50,7 @@ def pool_path() -> Path:
     path = SHARED / "instruction_pool" / "t0_pool.jsonl"
     if path.exists():
         return path
-    from igds.examples import write_example_data
+    from igds.quickstart import write_example_data
     return write_example_data(ROOT / ".bench" / "examples")["pool"]
 
 
