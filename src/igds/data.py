@@ -374,16 +374,59 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]], use_chat_templat
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
+_SENTINEL = "\x00igds-response\x00"
+
+
+def response_terminator(tokenizer: Any, use_chat_template: bool = True) -> str:
+    """The text that ends an assistant turn, as the chat template writes it.
+
+    A conversation is rendered with a sentinel answer; the first non-blank line after
+    it is the terminator (ChatML ``<|im_end|>``, Gemma ``<end_of_turn>``, Llama-3
+    ``<|eot_id|>``, Llama-2 ``</s>``); the newline between turns is not part of it.
+    Without a chat template, or when the template writes nothing after the answer,
+    it is ``eos_token``."""
+    eos = tokenizer.eos_token or ""
+    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
+        return eos
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    except Exception:  # a template that cannot render a plain exchange: its prompts fail loudly elsewhere
+        return eos
+    tail = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
+    return next((line.strip() for line in tail.splitlines() if line.strip()), eos)
+
+
+def _added_prefix(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before any text (a BOS, usually none)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    n = len(plain)
+    starts = [i for i in range(len(full) - n + 1) if full[i:i + n] == plain]
+    return list(full[:starts[0]]) if starts else []
+
+
 def tokenize_example(tokenizer: Any, ex: Example, max_length: int = 1024, use_chat_template: bool = True,
                      with_response: bool = True) -> TokenizedExample:
     """Prompt and response token ids, joined at a known boundary.
 
-    Over-long examples are truncated from the end to ``max_length`` tokens and flagged,
-    so that callers can count them (documented behaviour, never silent)."""
-    p = tokenizer(prompt_text(tokenizer, ex.messages, use_chat_template), add_special_tokens=True)["input_ids"]
+    With a chat template the template decides the special tokens: the tokenizer's own
+    BOS is added only when the rendered prompt does not already start with it (no
+    double BOS), and the response ends with the template's turn terminator
+    (:func:`response_terminator`). Over-long examples are truncated from the end to
+    ``max_length`` tokens while tokenising and flagged, so that callers can count them
+    (documented behaviour, never silent)."""
+    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    text = prompt_text(tokenizer, ex.messages, use_chat_template)
+    # one token past the limit tells a truncated example from one that fits exactly
+    p = list(tokenizer(text, add_special_tokens=not templated, truncation=True, max_length=max_length + 1)["input_ids"])
+    if templated:
+        prefix = _added_prefix(tokenizer)
+        if prefix and p[:len(prefix)] != prefix:
+            p = (prefix + p)[:max_length + 1]
     ids = list(p)
-    if with_response:
-        eos = tokenizer.eos_token or ""
-        ids += tokenizer(ex.response + eos, add_special_tokens=False)["input_ids"]
+    if with_response and len(ids) <= max_length:
+        ids += tokenizer(ex.response + response_terminator(tokenizer, use_chat_template), add_special_tokens=False,
+                         truncation=True, max_length=max_length + 1 - len(ids))["input_ids"]
     truncated = len(ids) > max_length
     return TokenizedExample(ids=ids[:max_length], prompt_len=min(len(p), max_length), truncated=truncated)
