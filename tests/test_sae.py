@@ -165,7 +165,7 @@ def test_resid_pre_sae_reads_the_previous_block(tmp_path):
     assert load_sae(saved_with_hook(tmp_path, "blocks.4.hook_resid_pre")).layer == 3
     # SAELens's pre-v6 hook_layer is the block number in the name, not igds's layer
     assert load_sae(saved_with_hook(tmp_path, "blocks.4.hook_resid_pre", hook_layer=4)).layer == 3
-    with pytest.raises(ValueError, match=r"reads layer 3 .*hook_resid_pre.*but layer 4 was requested"):
+    with pytest.raises(ValueError, match=r"reads layer 3, but layer 4 was requested \(hook_name 'blocks\.4\.hook_resid_pre'"):
         load_sae(tmp_path / "sae", layer=4)
 
 

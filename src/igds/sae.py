@@ -272,8 +272,8 @@ def _resolve_layer(sae: SAE, where: str, layer: int | None, spec: str) -> None:
         sae.metadata["igds_note"] = f"hook {name!r} overridden by the caller: read at the output of block {layer}"
         return
     if layer is not None and read != layer:
-        raise ValueError(f"SAE {spec} reads layer {read} ({field_name} {name!r}; layer L is the output of "
-                         f"block L), but layer {layer} was requested")
+        raise ValueError(f"SAE {spec} reads layer {read}, but layer {layer} was requested ({field_name} "
+                         f"{name!r}; layer L is the output of block L)")
     sae.metadata["layer"] = read
 
 
