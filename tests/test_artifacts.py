@@ -29,3 +29,15 @@ def test_atomic_files_get_umask_mode_not_owner_only(tmp_path):
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_a_writer_that_recreates_the_file_still_gets_umask_mode(tmp_path):
+    from igds.artifacts import atomic_path
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.bin") as tmp:
+            tmp.unlink()  # like safetensors' save_file: a fresh owner-only file in its place
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.bin").stat().st_mode & 0o777 == 0o644

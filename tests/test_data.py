@@ -82,9 +82,9 @@ def test_unknown_dialect_name_and_file_type(tmp_path):
     p = jsonl(tmp_path / "x.jsonl", [{"instruction": "a", "output": "b"}])
     with pytest.raises(DataError, match="unknown dialect 'oasst'"):
         load_examples(p, DataSpec(dialect="oasst"))
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.xlsx").write_text("a,b\n")
     with pytest.raises(DataError, match="unknown file type"):
-        load_examples(tmp_path / "x.csv")
+        load_examples(tmp_path / "x.xlsx")
 
 
 def test_skip_bad_keeps_valid_rows_and_records_reasons(tmp_path):

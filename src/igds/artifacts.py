@@ -6,11 +6,14 @@ process leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,12 +29,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes owner-only files; artifacts get the usual umask-derived mode instead
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        # mkstemp makes owner-only files, and some writers (safetensors) recreate the file
+        # owner-only too: set the usual umask-derived mode once the content is written
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -49,11 +53,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def json_default(obj: Any) -> Any:
+    """JSON for the non-JSON values a Parquet or HF dataset row can hold.
+
+    Timestamps, dates and times become ISO 8601 strings, durations seconds (a number),
+    bytes base64 (standard alphabet, padded), decimals their exact decimal string, and
+    numpy scalars / arrays their Python values."""
+    if isinstance(obj, (dt.datetime, dt.date, dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
 def atomic_write_jsonl(path: str | os.PathLike, rows: Any) -> int:
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
             n += 1
     return n
 

@@ -1,14 +1,26 @@
 """Reading task data and candidate pools in the dialects users bring.
 
-Inputs: JSONL, JSON (a list of records), Parquet, a local dataset saved by
-``datasets`` or a Hugging Face dataset id (``hf:NAME[:SPLIT]``). Dialects:
+Inputs: JSONL, JSON (a list of records), CSV (header row; every value a string),
+Parquet, a local dataset saved by ``datasets`` or a Hugging Face dataset id
+(``hf:NAME[:SPLIT]``). Text files may start with a UTF-8 BOM. Dialects:
 
-* ``alpaca``   - ``instruction`` [+ ``input``] -> ``output``
+* ``alpaca``   - ``instruction`` [+ ``input``] -> ``output``; LLaMA-Factory's ``system``
+  (system message) and ``history`` (``[[user, assistant], ...]`` earlier turns) are kept
 * ``sharegpt`` - ``conversations: [{from, value}]``, last ``gpt`` turn is the response
+  (LLaMA-Factory ``function_call`` turns are assistant turns, ``observation`` turns tool turns)
 * ``messages`` - ``messages: [{role, content}]``, last ``assistant`` turn is the response
-* ``prompt_completion`` - ``prompt`` -> ``completion``
+  (OpenAI content-part lists and ``tool_calls`` are read as text, see :func:`_content`)
+* ``prompt_completion`` - ``prompt`` -> ``completion``, strings or (TRL conversational)
+  lists of messages
+* ``text``     - ``text`` only: no prompt, the whole text is the response, tokenised as
+  plain text (no chat template, no terminator); chosen when no other dialect fits
 * ``fields``   - any record, with ``prompt_field`` / ``response_field`` or a
   ``prompt_template`` such as ``"Summarize:\\n{dialogue}"`` naming its fields
+
+A record's own ``system`` message wins over ``DataSpec.system_prompt``, which is used
+only for conversations without one; a record's ``tools`` are appended to the system
+message as ``Tools:`` plus their JSON. Records are written back with their original
+values and types (see :func:`igds.artifacts.json_default` for Parquet's non-JSON types).
 
 Every problem is reported as ``FILE:LINE: field 'X': what is wrong``; with
 ``skip_bad`` the record goes to a rejects file with that reason instead.
@@ -16,13 +28,17 @@ Every problem is reported as ``FILE:LINE: field 'X': what is wrong``; with
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-DIALECTS = ("alpaca", "sharegpt", "messages", "prompt_completion", "fields")
+from .artifacts import atomic_write_jsonl, atomic_write_text, json_default
+
+DIALECTS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "fields")
 
 
 class DataError(ValueError):
@@ -65,29 +81,39 @@ class Example:
 
 
 # --------------------------------------------------------------------- reading
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _decode(path: Path, raw: bytes, lineno: int | None) -> str:
+    """UTF-8 text (a BOM at the start of the file is dropped), or a located DataError."""
+    try:
+        return raw.decode("utf-8-sig" if lineno in (None, 1) else "utf-8")
+    except UnicodeDecodeError as e:
+        line = lineno if lineno is not None else raw.count(b"\n", 0, e.start) + 1
+        raise DataError(str(path), line, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _json_object(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
+    text = _decode(path, raw, lineno)
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _iter_jsonl(path: Path, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Records of a JSONL file, from the line after ``after`` (to go on past a bad line)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(str(path), lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            if lineno > after and (obj := _json_object(path, lineno, raw)) is not None:
+                yield lineno, obj
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(str(path), None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        data = json.loads(_decode(path, path.read_bytes(), None))
     except json.JSONDecodeError as e:
         raise DataError(str(path), e.lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -98,6 +124,20 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise DataError(str(path), i, f"record {i} is a {type(obj).__name__}, not an object")
         yield i, obj
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV file with a header, numbered by the file line where each row starts."""
+    reader = csv.DictReader(io.StringIO(_decode(path, path.read_bytes(), None), newline=""))
+    start = 2  # line 1 is the header
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(str(path), start, f"{len(row[None])} more cells than the header has columns")
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(str(path), reader.line_num, f"malformed CSV: {e}") from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -142,10 +182,12 @@ def iter_records(source: str | Path, split: str | None = None) -> Iterator[tuple
         yield from _iter_jsonl(path)
     elif path.suffix == ".json":
         yield from _iter_json(path)
+    elif path.suffix == ".csv":
+        yield from _iter_csv(path)
     elif path.suffix in (".parquet", ".pq"):
         yield from _iter_parquet(path)
     else:
-        raise DataError(str(path), None, "unknown file type: expected .jsonl, .json, .parquet or a dataset folder")
+        raise DataError(str(path), None, "unknown file type: expected .jsonl, .json, .csv, .parquet or a dataset folder")
 
 
 # --------------------------------------------------------------------- dialects
@@ -174,13 +216,47 @@ def _text(record: dict[str, Any], key: str, src: str, line: int, allow_empty: bo
     return value
 
 
+# LLaMA-Factory's function_call / observation and OpenAI's tool / function / developer roles included
 _ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-         "model": "assistant", "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+         "model": "assistant", "system": "system", "chatgpt": "assistant", "bing": "assistant",
+         "developer": "system", "function_call": "assistant", "observation": "tool", "tool": "tool",
+         "function": "tool", "ipython": "tool"}
 
 
-def _conversation(record: dict[str, Any], key: str, role_key: str, text_key: str, src: str, line: int
-                  ) -> tuple[list[dict[str, str]], str]:
-    turns = record.get(key)
+def _content(turn: dict[str, Any], text_key: str, src: str, line: int, where: str) -> str:
+    """A turn's text. OpenAI content-part lists are joined (text parts only, blank line between);
+    ``tool_calls`` are appended as one JSON line per call: ``{"name": ..., "arguments": ...}``."""
+    value = turn.get(text_key)
+    if isinstance(value, list):
+        parts = []
+        for j, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise DataError(src, line, f"content part of type {kind!r}: igds reads text parts only",
+                                f"{where}.{text_key}[{j}]")
+            parts.append(part["text"])
+        value = "\n\n".join(parts)
+    calls = turn.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list):
+            raise DataError(src, line, f"expected a list, got {type(calls).__name__}", f"{where}.tool_calls")
+        lines = []
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise DataError(src, line, "expected {function: {name, arguments}}", f"{where}.tool_calls[{j}]")
+            args = fn.get("arguments")
+            if isinstance(args, str):  # OpenAI sends arguments as a JSON string
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError:
+                    pass
+            lines.append(json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False))
+        value = "\n".join(([value] if isinstance(value, str) and value.strip() else []) + lines)
+    return _text({f"{where}.{text_key}": value}, f"{where}.{text_key}", src, line)
+
+
+def _turns(turns: Any, key: str, role_key: str, text_key: str, src: str, line: int) -> list[dict[str, str]]:
     if not isinstance(turns, list) or not turns:
         raise DataError(src, line, "expected a non-empty list of turns", key)
     msgs = []
@@ -191,11 +267,14 @@ def _conversation(record: dict[str, Any], key: str, role_key: str, text_key: str
         role = _ROLE.get(str(turn.get(role_key, "")).lower())
         if role is None:
             raise DataError(src, line, f"unknown role {turn.get(role_key)!r}", f"{where}.{role_key}")
-        content = _text(turn, text_key, src, line) if text_key in turn else None
-        if content is None:
-            raise DataError(src, line, "missing", f"{where}.{text_key}")
-        msgs.append({"role": role, "content": content})
-    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        msgs.append({"role": role, "content": _content(turn, text_key, src, line, where)})
+    return msgs
+
+
+def _split_response(msgs: list[dict[str, str]], first: int, key: str, src: str, line: int
+                    ) -> tuple[list[dict[str, str]], str]:
+    """The context before the last assistant turn (at index >= ``first``) and that turn's text."""
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant" and i >= first), default=None)
     if last is None:
         raise DataError(src, line, "no assistant turn to use as the response", key)
     if not any(m["role"] == "user" for m in msgs[:last]):
@@ -203,49 +282,108 @@ def _conversation(record: dict[str, Any], key: str, role_key: str, text_key: str
     return msgs[:last], msgs[last]["content"]
 
 
+def _alpaca(record: dict[str, Any], src: str, line: int, require_response: bool
+            ) -> tuple[list[dict[str, str]], str]:
+    instr = _text(record, "instruction", src, line)
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise DataError(src, line, f"expected a string, got {type(extra).__name__}", "input")
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise DataError(src, line, f"expected a list of [user, assistant] pairs, got {type(history).__name__}",
+                        "history")
+    messages = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise DataError(src, line, "expected a [user, assistant] pair", f"history[{i}]")
+        for j, role in enumerate(("user", "assistant")):
+            name = f"history[{i}][{j}]"
+            messages.append({"role": role, "content": _text({name: pair[j]}, name, src, line)})
+    messages.append({"role": "user", "content": instr + ("\n\n" + extra if extra.strip() else "")})
+    return messages, _text(record, "output", src, line, allow_empty=not require_response)
+
+
+def _prompt_completion(record: dict[str, Any], src: str, line: int, require_response: bool
+                       ) -> tuple[list[dict[str, str]], str]:
+    if not isinstance(record.get("prompt"), list):
+        return ([{"role": "user", "content": _text(record, "prompt", src, line)}],
+                _text(record, "completion", src, line, allow_empty=not require_response))
+    # TRL conversational: prompt and completion are lists of messages; the response is the
+    # completion's last assistant turn
+    prompt = _turns(record["prompt"], "prompt", "role", "content", src, line)
+    completion = _turns(record.get("completion"), "completion", "role", "content", src, line)
+    return _split_response(prompt + completion, len(prompt), "completion", src, line)
+
+
+def _fields(record: dict[str, Any], spec: DataSpec, src: str, line: int, require_response: bool
+            ) -> tuple[list[dict[str, str]], str]:
+    if spec.prompt_template:
+        names = [f for _, f, _, _ in string.Formatter().parse(spec.prompt_template) if f]
+        values = {n: _text(record, n, src, line) if not isinstance(record.get(n), (int, float)) else record[n]
+                  for n in names}
+        prompt = spec.prompt_template.format(**values)
+    elif spec.prompt_field:
+        prompt = _text(record, spec.prompt_field, src, line)
+    else:
+        raise DataError(src, line, "dialect 'fields' needs prompt_field or prompt_template")
+    if not spec.response_field:
+        raise DataError(src, line, "dialect 'fields' needs response_field")
+    value = record.get(spec.response_field)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # the text trained on; the record keeps the number
+    response = _text({spec.response_field: value}, spec.response_field, src, line, allow_empty=not require_response)
+    return [{"role": "user", "content": prompt}], response
+
+
+def _system(record: dict[str, Any], messages: list[dict[str, str]], spec: DataSpec, src: str, line: int
+            ) -> list[dict[str, str]]:
+    """The record's ``system`` (else ``spec.system_prompt``) first, with the record's ``tools`` appended."""
+    own = record.get("system")
+    if own is not None and not isinstance(own, str):
+        raise DataError(src, line, f"expected a string, got {type(own).__name__}", "system")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, (str, list, dict)):
+        raise DataError(src, line, f"expected a string or a list, got {type(tools).__name__}", "tools")
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    system = messages[0]["content"] if has_system else (own if own and own.strip() else spec.system_prompt)
+    if tools:
+        text = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+        system = (system + "\n\n" if system else "") + "Tools:\n" + text
+    rest = messages[1:] if has_system else messages
+    return ([{"role": "system", "content": system}] if system else []) + rest
+
+
 def parse_record(record: dict[str, Any], spec: DataSpec, src: str, line: int, dialect: str | None = None,
                  require_response: bool = True) -> Example:
-    """Turn one record into an :class:`Example` (raises :class:`DataError`)."""
-    dialect = dialect or (spec.dialect if spec.dialect != "auto" else detect_dialect(record, spec))
+    """Turn one record into an :class:`Example` (raises :class:`DataError`).
+
+    The record is kept as read (numbers stay numbers); only the Example's text is derived."""
+    if dialect is None and spec.dialect == "auto":
+        # plain text is the fallback, not a detected dialect: callers of detect_dialect
+        # (train-sae) read text rows their own way
+        dialect = detect_dialect(record, spec) or ("text" if "text" in record else None)
+    dialect = dialect or (spec.dialect if spec.dialect != "auto" else None)
     if dialect is None:
         raise DataError(src, line, f"unknown dialect: record has fields {sorted(record)}; expected one of "
                         f"{DIALECTS} or set prompt_field/response_field/prompt_template")
     if dialect not in DIALECTS:
         raise DataError(src, line, f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
     if dialect == "alpaca":
-        instr = _text(record, "instruction", src, line)
-        extra = record.get("input") or ""
-        if not isinstance(extra, str):
-            raise DataError(src, line, f"expected a string, got {type(extra).__name__}", "input")
-        messages = [{"role": "user", "content": instr + ("\n\n" + extra if extra.strip() else "")}]
-        response = _text(record, "output", src, line, allow_empty=not require_response)
+        messages, response = _alpaca(record, src, line, require_response)
     elif dialect == "sharegpt":
-        messages, response = _conversation(record, "conversations", "from", "value", src, line)
+        msgs = _turns(record.get("conversations"), "conversations", "from", "value", src, line)
+        messages, response = _split_response(msgs, 0, "conversations", src, line)
     elif dialect == "messages":
-        messages, response = _conversation(record, "messages", "role", "content", src, line)
+        msgs = _turns(record.get("messages"), "messages", "role", "content", src, line)
+        messages, response = _split_response(msgs, 0, "messages", src, line)
     elif dialect == "prompt_completion":
-        messages = [{"role": "user", "content": _text(record, "prompt", src, line)}]
-        response = _text(record, "completion", src, line, allow_empty=not require_response)
+        messages, response = _prompt_completion(record, src, line, require_response)
+    elif dialect == "text":
+        messages, response = [], _text(record, "text", src, line)
     else:
-        if spec.prompt_template:
-            names = [f for _, f, _, _ in string.Formatter().parse(spec.prompt_template) if f]
-            values = {n: _text(record, n, src, line) if not isinstance(record.get(n), (int, float)) else record[n]
-                      for n in names}
-            prompt = spec.prompt_template.format(**values)
-        elif spec.prompt_field:
-            prompt = _text(record, spec.prompt_field, src, line)
-        else:
-            raise DataError(src, line, "dialect 'fields' needs prompt_field or prompt_template")
-        if not spec.response_field:
-            raise DataError(src, line, "dialect 'fields' needs response_field")
-        value = record.get(spec.response_field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-            record = {**record, spec.response_field: value}
-        response = _text(record, spec.response_field, src, line, allow_empty=not require_response)
-        messages = [{"role": "user", "content": prompt}]
-    if spec.system_prompt:
-        messages = [{"role": "system", "content": spec.system_prompt}] + messages
+        messages, response = _fields(record, spec, src, line, require_response)
+    if dialect != "text":
+        messages = _system(record, messages, spec, src, line)
     raw_id = record.get(spec.id_field)
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise DataError(src, line, f"expected a string or integer id, got {type(raw_id).__name__}", spec.id_field)
@@ -307,18 +445,7 @@ def _skip_to(source: str | Path, split: str | None, bad_line: int) -> Iterator[t
     path = Path(str(source))
     if path.suffix not in (".jsonl", ".ndjson"):
         raise DataError(str(source), bad_line, "cannot skip a bad record in a non-line-based file")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno <= bad_line or not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                msg = f"not valid UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else f"malformed JSON: {e.msg}"
-                raise DataError(str(path), lineno, msg) from None
-            if not isinstance(obj, dict):
-                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    return _iter_jsonl(path, after=bad_line)
 
 
 def load_examples(source: str | Path, spec: DataSpec | None = None, *, limit: int | None = None,
@@ -334,11 +461,18 @@ def load_examples(source: str | Path, spec: DataSpec | None = None, *, limit: in
 
 
 def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None) -> int:
-    """Write examples back as their original records (plus per-id extra fields), atomically."""
-    from .artifacts import atomic_write_jsonl
+    """Write examples back as their original records (plus per-id extra fields), atomically.
+
+    Values keep their types; Parquet's non-JSON types follow :func:`igds.artifacts.json_default`."""
 
     extra = extra or {}
     return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
+
+
+def _as_messages(ex: Example) -> dict[str, Any]:
+    if ex.dialect == "text":  # a text row has no conversation to write
+        return {"text": ex.response}
+    return {"messages": [*ex.messages, {"role": "assistant", "content": ex.response}]}
 
 
 def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None
@@ -346,13 +480,10 @@ def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[st
     """Write examples in the ``messages`` dialect (the response as the last assistant turn,
     plus per-id extra fields), atomically and only when the content changes, so that caches
     keyed on the file stay valid. Returns whether the file was (re)written."""
-    from .artifacts import atomic_write_text
-
     extra = extra or {}
     path = Path(path)
-    text = "".join(json.dumps({"id": ex.id, **extra.get(ex.id, {}),
-                               "messages": [*ex.messages, {"role": "assistant", "content": ex.response}]},
-                              ensure_ascii=False) + "\n" for ex in examples)
+    text = "".join(json.dumps({"id": ex.id, **extra.get(ex.id, {}), **_as_messages(ex)}, ensure_ascii=False,
+                              default=json_default) + "\n" for ex in examples)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
     atomic_write_text(path, text)
@@ -374,16 +505,62 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]], use_chat_templat
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
+_SENTINEL = "\x00igds-response\x00"
+
+
+def response_terminator(tokenizer: Any, use_chat_template: bool = True) -> str:
+    """The text that ends an assistant turn, as the chat template writes it.
+
+    A conversation is rendered with a sentinel answer; the first non-blank line after
+    it is the terminator (ChatML ``<|im_end|>``, Gemma ``<end_of_turn>``, Llama-3
+    ``<|eot_id|>``, Llama-2 ``</s>``); the newline between turns is not part of it.
+    Without a chat template, or when the template writes nothing after the answer,
+    it is ``eos_token``."""
+    eos = tokenizer.eos_token or ""
+    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
+        return eos
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    except Exception:  # a template that cannot render a plain exchange: its prompts fail loudly elsewhere
+        return eos
+    tail = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
+    return next((line.strip() for line in tail.splitlines() if line.strip()), eos)
+
+
+def _added_prefix(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before any text (a BOS, usually none)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    n = len(plain)
+    starts = [i for i in range(len(full) - n + 1) if full[i:i + n] == plain]
+    return list(full[:starts[0]]) if starts else []
+
+
 def tokenize_example(tokenizer: Any, ex: Example, max_length: int = 1024, use_chat_template: bool = True,
                      with_response: bool = True) -> TokenizedExample:
     """Prompt and response token ids, joined at a known boundary.
 
-    Over-long examples are truncated from the end to ``max_length`` tokens and flagged,
-    so that callers can count them (documented behaviour, never silent)."""
-    p = tokenizer(prompt_text(tokenizer, ex.messages, use_chat_template), add_special_tokens=True)["input_ids"]
+    With a chat template the template decides the special tokens: the tokenizer's own
+    BOS is added only when the rendered prompt does not already start with it (no
+    double BOS), and the response ends with the template's turn terminator
+    (:func:`response_terminator`). Over-long examples are truncated from the end to
+    ``max_length`` tokens while tokenising and flagged, so that callers can count them
+    (documented behaviour, never silent)."""
+    if ex.dialect == "text":  # plain text: the tokenizer's own special tokens, no template, no terminator
+        ids = tokenizer(ex.response, add_special_tokens=True, truncation=True, max_length=max_length + 1)["input_ids"]
+        return TokenizedExample(ids=list(ids[:max_length]), prompt_len=0, truncated=len(ids) > max_length)
+    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    text = prompt_text(tokenizer, ex.messages, use_chat_template)
+    # one token past the limit tells a truncated example from one that fits exactly
+    p = list(tokenizer(text, add_special_tokens=not templated, truncation=True, max_length=max_length + 1)["input_ids"])
+    if templated:
+        prefix = _added_prefix(tokenizer)
+        if prefix and p[:len(prefix)] != prefix:
+            p = (prefix + p)[:max_length + 1]
     ids = list(p)
-    if with_response:
-        eos = tokenizer.eos_token or ""
-        ids += tokenizer(ex.response + eos, add_special_tokens=False)["input_ids"]
+    if with_response and len(ids) <= max_length:
+        ids += tokenizer(ex.response + response_terminator(tokenizer, use_chat_template), add_special_tokens=False,
+                         truncation=True, max_length=max_length + 1 - len(ids))["input_ids"]
     truncated = len(ids) > max_length
     return TokenizedExample(ids=ids[:max_length], prompt_len=min(len(p), max_length), truncated=truncated)

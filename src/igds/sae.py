@@ -16,7 +16,12 @@ Formats: SAELens folders (``cfg.json`` + ``sae_weights.safetensors``, v5 flat an
 v6 ``metadata`` layouts), Gemma Scope ``params.npz`` / ``params.safetensors``,
 EleutherAI sparsify (``cfg.json`` + ``sae.safetensors``), and - with ``sae-lens``
 installed - ``release/sae_id`` registry names. Weights are read with safetensors
-or numpy only (never pickle).
+or numpy only (never pickle) and must be finite.
+
+Hook points (:func:`hook_layer`): igds reads the output of decoder block L ("layer L").
+``blocks.L.hook_resid_post`` and HF block modules (``model.layers.L``) are layer L;
+``blocks.L.hook_resid_pre`` is layer L-1 (L=0, the embeddings, is refused). Any other
+site (MLP / attention outputs, transcoders) is refused unless the caller gives the layer.
 """
 
 from __future__ import annotations
@@ -82,10 +87,12 @@ class SAE(nn.Module):
         if self.metadata.get("layer") is not None:
             return int(self.metadata["layer"])
         for key in ("hook_name", "hf_hook_name"):
-            name = self.metadata.get(key) or ""
-            m = re.search(r"(?:blocks|layers|h)\.(\d+)", name)
-            if m:
-                return int(m.group(1))
+            name = self.metadata.get(key)
+            if name:
+                try:
+                    return hook_layer(str(name))
+                except UnsupportedHook:
+                    return None
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -212,7 +219,98 @@ class SAE(nn.Module):
         return folder
 
 
+# ---------------------------------------------------------------------- hook points
+class UnsupportedHook(ValueError):
+    """An SAE trained on a site that is not the residual stream after a decoder block."""
+
+
+# SAELens / TransformerLens hook names, and HF module names (sparsify hookpoints, hf_hook_name)
+_RESID_POST = re.compile(r"blocks\.(\d+)\.hook_resid_post")
+_RESID_PRE = re.compile(r"blocks\.(\d+)\.hook_resid_pre")
+_HF_BLOCK = re.compile(r"(?:\w+\.)*(?:layers|h|blocks)\.(\d+)")
+
+
+def hook_layer(hook_name: str) -> int:
+    """igds's layer (the output of block L) for an SAE hook point; :class:`UnsupportedHook` otherwise.
+
+    ``blocks.L.hook_resid_post`` and a decoder block's module (``model.layers.L``,
+    ``transformer.h.L``) are the output of block L. ``blocks.L.hook_resid_pre`` is the
+    input of block L, i.e. the output of block L-1 (for L=0 the embeddings, which igds
+    does not read). Every other site (``hook_mlp_out``, ``hook_attn_out``, ``attn.hook_z``,
+    ``hook_resid_mid``, ``layers.L.mlp``, ...) is not the residual stream after a block."""
+    name = hook_name.strip()
+    if m := _RESID_POST.fullmatch(name):
+        return int(m.group(1))
+    if m := _RESID_PRE.fullmatch(name):
+        if int(m.group(1)) == 0:
+            raise UnsupportedHook(f"hook {name!r} reads the embeddings (the input of block 0); "
+                                  "igds reads the outputs of decoder blocks only")
+        return int(m.group(1)) - 1
+    if m := _HF_BLOCK.fullmatch(name):
+        return int(m.group(1))
+    raise UnsupportedHook(f"hook {name!r} is not the residual stream after a decoder block (igds reads "
+                          "blocks.L.hook_resid_post, blocks.L.hook_resid_pre or a block's output such as model.layers.L)")
+
+
+def _resolve_layer(sae: SAE, where: str, layer: int | None, spec: str) -> None:
+    """Set the layer from the SAE's hook point; an explicit ``layer`` overrides an unsupported hook."""
+    field_name = "hook_name" if sae.metadata.get("hook_name") else "hf_hook_name"
+    name = sae.metadata.get(field_name)
+    if not name:  # no hook point recorded: the file's layer or the caller's
+        if layer is not None and sae.layer is not None and sae.layer != layer:
+            raise ValueError(f"SAE {spec} reads layer {sae.layer}, but layer {layer} was requested")
+        if layer is not None:
+            sae.metadata["layer"] = layer
+        return
+    try:
+        read = hook_layer(str(name))
+    except UnsupportedHook as e:
+        if layer is None:
+            raise UnsupportedHook(f"{where}: field {field_name!r}: {e}; to apply this SAE to the output of "
+                                  "block L anyway, give that layer explicitly (sae.layers=[L])") from None
+        sae.metadata["layer"] = layer
+        sae.metadata["igds_note"] = f"hook {name!r} overridden by the caller: read at the output of block {layer}"
+        return
+    if layer is not None and read != layer:
+        raise ValueError(f"SAE {spec} reads layer {read}, but layer {layer} was requested ({field_name} "
+                         f"{name!r}; layer L is the output of block L)")
+    sae.metadata["layer"] = read
+
+
 # ---------------------------------------------------------------------- loaders
+def _read_cfg(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON SAE config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Safetensors or ``.npz`` weights (never pickle), each checked finite."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                tensors = {key: torch.from_numpy(np.asarray(z[key])) for key in z.files}
+        else:
+            tensors = load_file(str(path))
+    except Exception as e:  # safetensors, zipfile and numpy each raise their own types on a damaged file
+        raise ValueError(f"{path}: cannot read SAE weights ({type(e).__name__}: {e}); the file is damaged or "
+                         "truncated") from None
+    _check_finite(tensors, str(path))
+    return tensors
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN/inf weights: they would flow silently into every score."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
+
+
 def _from_tensors(tensors: dict[str, torch.Tensor], **kw: Any) -> SAE:
     d_in, d_sae = tensors["W_enc"].shape
     sae = SAE(d_in, d_sae, **kw)
@@ -243,10 +341,7 @@ def _architecture_from_cfg(cfg: dict[str, Any]) -> tuple[str, int | None]:
     return arch or "standard", k
 
 
-def load_saelens_folder(folder: Path) -> SAE:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    arch, k = _architecture_from_cfg(cfg)
-    norm = cfg.get("normalize_activations") or "none"
+def _saelens_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
     meta = dict(cfg.get("metadata") or {})
     # pre-v6 configs keep these keys flat
     for key in ("hook_name", "hf_hook_name", "model_name", "neuronpedia_id", "hook_layer"):
@@ -254,14 +349,24 @@ def load_saelens_folder(folder: Path) -> SAE:
             meta[key] = cfg[key]
     if "hook_point" in cfg and "hook_name" not in meta:
         meta["hook_name"] = cfg["hook_point"]
-    if meta.get("hook_layer") is not None:
+    # hook_layer is the block *number* in the hook name (L for blocks.L.hook_resid_pre, which
+    # igds reads as layer L-1): the hook name decides the layer, hook_layer only without one
+    if meta.get("hook_layer") is not None and not (meta.get("hook_name") or meta.get("hf_hook_name")):
         meta.setdefault("layer", int(meta["hook_layer"]))
+    return meta
+
+
+def load_saelens_folder(folder: Path) -> SAE:
+    cfg = _read_cfg(folder / "cfg.json")
+    arch, k = _architecture_from_cfg(cfg)
+    norm = cfg.get("normalize_activations") or "none"
+    meta = _saelens_metadata(cfg)
     if norm == "expected_average_only_in":
         # SAELens applies nothing at inference for this mode either: the scale is
         # expected to be folded into the weights. Follow it, and say so.
         meta["igds_note"] = "normalize_activations=expected_average_only_in treated as folded (as SAELens does)"
         norm = "none"
-    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    tensors = _read_tensors(folder / "sae_weights.safetensors")
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     sae = _from_tensors(tensors, architecture=arch, k=k,
@@ -272,34 +377,48 @@ def load_saelens_folder(folder: Path) -> SAE:
     return sae
 
 
+# Gemma Scope names the site in the release (gemma-scope-2b-pt-res / -mlp / -att / -transcoders)
+# and Gemma Scope 2 in a folder (resid_post / mlp_out / attn_out / transcoder...)
+_GEMMA_RELEASE_SITE = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "hook_attn_out",
+                       "transcoders": "transcoder"}
+_GEMMA_FOLDER_SITE = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
+
+
+def _gemma_scope_site(path: Path) -> str:
+    for part in path.parts:
+        m = re.search(r"gemma[-_]scope[-\w]*?-(res|mlp|att|transcoders)$", part)
+        if m:
+            return _GEMMA_RELEASE_SITE[m.group(1)]
+        if part in _GEMMA_FOLDER_SITE:
+            return _GEMMA_FOLDER_SITE[part]
+        if part.startswith(("transcoder", "clt")):
+            return "transcoder"
+    return "hook_resid_post"  # a bare layer_N/... folder: the residual release, as before
+
+
 def load_gemma_scope(path: Path) -> SAE:
     """Gemma Scope ``params.npz`` (upper-case keys) or Gemma Scope 2 ``params.safetensors``."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            tensors = {key: torch.from_numpy(np.asarray(z[key])) for key in z.files}
-    else:
-        tensors = load_file(str(path))
+    tensors = _read_tensors(path)
     tensors = {("W_enc" if k.lower() == "w_enc" else "W_dec" if k.lower() == "w_dec" else k.lower()): v
                for k, v in tensors.items()}
     meta: dict[str, Any] = {"source": str(path)}
     m = re.search(r"layer_(\d+)", str(path))
     if m:
-        meta["layer"] = int(m.group(1))
-        meta["hook_name"] = f"blocks.{m.group(1)}.hook_resid_post"
+        meta["hook_name"] = f"blocks.{m.group(1)}.{_gemma_scope_site(path)}"
     return _from_tensors(tensors, architecture="jumprelu", apply_b_dec_to_input=False, metadata=meta)
 
 
 def load_sparsify_folder(folder: Path) -> SAE:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    raw = load_file(str(folder / "sae.safetensors"))
+    cfg = _read_cfg(folder / "cfg.json")
+    raw = _read_tensors(folder / "sae.safetensors")
     enc = raw["encoder.weight"]  # (d_sae, d_in)
-    d_sae, d_in = enc.shape
     tensors = {"W_enc": enc.T.contiguous(), "b_enc": raw["encoder.bias"], "W_dec": raw["W_dec"], "b_dec": raw["b_dec"]}
     meta: dict[str, Any] = {"source": str(folder)}
-    m = re.search(r"layers\.(\d+)", folder.name)
-    if m:
-        meta["layer"] = int(m.group(1))
-        meta["hf_hook_name"] = f"model.layers.{m.group(1)}"
+    # sparsify names each SAE's folder after its hookpoint (a module name, e.g. layers.5 or layers.5.mlp)
+    if cfg.get("transcode"):
+        meta["hf_hook_name"] = f"{folder.name} (transcoder)"
+    elif re.search(r"(?:^|\.)(?:layers|h|blocks)\.\d+", folder.name):
+        meta["hf_hook_name"] = folder.name
     return _from_tensors(tensors, architecture="topk", k=int(cfg["k"]), apply_b_dec_to_input=True, metadata=meta)
 
 
@@ -323,7 +442,12 @@ def load_sae(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> SAE:
-    """Load an SAE from a path, ``default`` (the shipped SAE of a built-in model) or ``release/sae_id``."""
+    """Load an SAE from a path, ``default`` (the shipped SAE of a built-in model) or ``release/sae_id``.
+
+    The layer comes from the SAE's hook point (see :func:`hook_layer`). An SAE whose hook
+    is not the residual stream after a block is refused unless ``layer`` is given, which
+    then says where to apply it; a ``layer`` that contradicts a readable hook is an error.
+    Every tensor is checked finite."""
     spec_str = str(spec)
     if spec_str == "default":
         if model_name is None:
@@ -333,29 +457,27 @@ def load_sae(
         path = Path(spec_str).expanduser()
     if path.is_dir():
         if (path / "sae_weights.safetensors").exists() and (path / "cfg.json").exists():
-            sae = load_saelens_folder(path)
+            sae, where = load_saelens_folder(path), str(path / "cfg.json")
         elif (path / "sae.safetensors").exists() and (path / "cfg.json").exists():
-            sae = load_sparsify_folder(path)
+            sae, where = load_sparsify_folder(path), f"{path} (sparsify hookpoint from the folder name)"
         elif (path / "params.npz").exists():
-            sae = load_gemma_scope(path / "params.npz")
+            sae, where = load_gemma_scope(path / "params.npz"), f"{path / 'params.npz'} (Gemma Scope site from the path)"
         elif (path / "params.safetensors").exists():
-            sae = load_gemma_scope(path / "params.safetensors")
+            sae, where = (load_gemma_scope(path / "params.safetensors"),
+                          f"{path / 'params.safetensors'} (Gemma Scope site from the path)")
         else:
             raise FileNotFoundError(
                 f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors (SAELens), "
                 "cfg.json + sae.safetensors (sparsify), or params.npz / params.safetensors (Gemma Scope))")
     elif path.is_file() and path.name.startswith("params") and path.suffix in (".npz", ".safetensors"):
-        sae = load_gemma_scope(path)
+        sae, where = load_gemma_scope(path), f"{path} (Gemma Scope site from the path)"
     elif path.exists():
         raise ValueError(f"{path}: unsupported SAE file (only SAELens/sparsify folders and Gemma Scope params)")
     elif "/" in spec_str and not spec_str.startswith((".", "/", "~")):
-        sae = _load_from_saelens_registry(spec_str)
+        sae, where = _load_from_saelens_registry(spec_str), f"SAELens {spec_str} cfg"
     else:
         raise FileNotFoundError(f"SAE not found: {spec_str}")
-    if layer is not None and sae.layer is not None and sae.layer != layer:
-        raise ValueError(f"SAE {spec_str} reads layer {sae.layer}, but layer {layer} was requested")
-    if layer is not None and sae.layer is None:
-        sae.metadata["layer"] = layer
+    _resolve_layer(sae, where, layer, spec_str)
     return sae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -369,7 +491,8 @@ def _load_from_saelens_registry(name: str) -> SAE:
     cfg = lens.cfg.to_dict()
     arch, k = _architecture_from_cfg(cfg)
     tensors = {n: p.detach() for n, p in lens.state_dict().items()}
-    meta = dict(cfg.get("metadata") or {})
+    _check_finite(tensors, f"SAELens {name}")
+    meta = _saelens_metadata(cfg)
     return _from_tensors(tensors, architecture=arch, k=k,
                          apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input")),
                          normalize_activations=cfg.get("normalize_activations") or "none",
