@@ -43,6 +43,12 @@ _BLOCK_PATHS = (
 )
 
 
+# PyTorch's fused scaled-dot-product attention: flash / memory-efficient kernels on CUDA,
+# no extra wheel. Asked for by name so that a transformers release with another default
+# cannot silently put the eager (B, H, S, S) attention matrix back on the GPU.
+ATTENTION = "sdpa"
+
+
 def cache_dir() -> Path:
     """Where converted models and other derived files live (``IGDS_CACHE``)."""
     env = os.environ.get("IGDS_CACHE")
@@ -53,6 +59,7 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``auto``/None: CUDA when present, else CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -64,6 +71,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A dtype from a name (fp32, bf16, fp16, ...) or None/"auto" (:func:`default_dtype`)."""
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
@@ -209,14 +217,31 @@ def resolve_model_path(name: str) -> tuple[str, str]:
     return name, name
 
 
+def _from_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with SDPA attention where the architecture has it."""
+    from transformers import AutoModelForCausalLM
+
+    kw = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation=ATTENTION, **kw)
+    except ValueError as err:
+        # remote-code and older architectures without an SDPA path: transformers' own choice
+        if "scaled_dot_product_attention" not in str(err) and ATTENTION not in str(err):
+            raise
+        return AutoModelForCausalLM.from_pretrained(path, **kw)
+
+
 def load_model(
     name: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM in eval mode on ``device`` (CUDA if present) in ``dtype``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM in eval mode on ``device`` (CUDA if present) in ``dtype``.
+
+    ``dtype`` None/"auto" is bf16 on CUDA and fp32 on CPU; attention is SDPA where the
+    architecture supports it."""
+    from transformers import AutoTokenizer
 
     dev = resolve_device(device)
     dt = parse_dtype(dtype, dev)
@@ -224,6 +249,6 @@ def load_model(
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+    model = _from_pretrained(path, dt, trust_remote_code)
     model.to(dev).eval()
     return LoadedModel(model=model, tokenizer=tok, name=display, device=dev, dtype=dt)
