@@ -1,0 +1,58 @@
+"""benchmarks/gpu_throughput.py in its CPU smoke mode: every pass measured, igds's scores right, the deadline kept."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_throughput as gt  # noqa: E402
+
+
+def test_smoke_run_measures_every_pass_and_writes_its_block(tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text("# B\n<!-- begin: gpu-throughput -->\nold\n<!-- end: gpu-throughput -->\ntail\n")
+    out = tmp_path / "gpu.json"
+    gt.main(["--smoke", "--no-ray", "--out", str(out), "--md", str(md)])
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete" and data["mode"] == "smoke" and data["matmul_tflops"] > 0
+    model = data["models"]["tiny-llama"]
+    assert set(model["passes"]) == {"bare", "igds", "loss", "ifd"}
+    for r in model["passes"].values():
+        assert r["tok_s"] > 0 and r["real_tokens"] >= model["real_tokens"] and 0 < r["mfu"]
+    assert model["ratios_to_bare"]["bare"] == 1.0
+    proj = data["projection"]
+    assert proj["pool_tokens"] == 10_000_000 * 256
+    assert proj["hours"] == proj["pool_tokens"] / (64 * proj["per_gpu_tok_s"]) / 3600
+    assert proj["met"] is (proj["per_gpu_tok_s"] >= 11_000 and proj["hours"] <= 1)
+    text = md.read_text()
+    assert "old" not in text and text.endswith("<!-- end: gpu-throughput -->\ntail\n")
+    assert "CPU smoke run" in text and "| tiny-llama" in text and "(d) IFD" in text
+
+
+def test_benchmarked_scoring_equals_a_direct_computation():
+    lm = gt.build_model("tiny-llama", torch.device("cpu"), torch.float32)
+    sae = gt.random_sae("tiny-llama", torch.device("cpu"), torch.float32)
+    layer = gt.SHAPES["tiny-llama"][2]
+    toks = gt.synthetic_pool(10, lm.model.config.vocab_size, 20, 64)
+    assert len({len(t.ids) for t in toks}) > 1  # several lengths: padding and bucketing are exercised
+    scorer, examples = gt.make_scorer(lm, sae, layer, toks, 6, batch_tokens=128)
+    acts = scorer.activations(examples)["acts"]
+    feats = [c["feature"] for c in scorer.features]
+    with torch.no_grad():
+        for i, t in enumerate(toks):
+            h = lm.model(torch.tensor([t.ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+            want = sae.encode(h, feats)[1:].mean(dim=0)  # the first token never counts
+            np.testing.assert_allclose(acts[i], want.double().numpy(), rtol=1e-4, atol=1e-6)
+    assert (acts > 0).any()  # a test of zeros against zeros would prove nothing
+
+
+def test_deadline_stops_the_run_with_partial_results(tmp_path):
+    out = tmp_path / "gpu.json"
+    data = gt.main(["--smoke", "--no-ray", "--deadline", "0.001", "--out", str(out), "--md", ""])
+    saved = json.loads(out.read_text())
+    assert saved["status"] == data["status"] == "stopped at the 0.001 s deadline"
+    assert not any(len(m.get("passes", {})) == 4 for m in saved["models"].values())
