@@ -28,6 +28,7 @@ every measurement, and the run stops cleanly at ``--deadline`` seconds with what
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from igds.config import ScoreConfig
 from igds.data import TokenizedExample
 from igds.evaluate import token_losses
 from igds.features import FeatureSet
-from igds.model import ATTENTION, LoadedModel
+from igds.model import LoadedModel, with_sdpa
 from igds.sae import SAE
 from igds.scoring import FeatureScorer
 from splice import splice
@@ -69,6 +70,9 @@ SHAPES: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = {
     "gemma-2-2b": ("gemma2", dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
                                   max_position_embeddings=8192), 12, dict(architecture="jumprelu", d_sae=65536)),
+    "tiny-gemma2": ("gemma2", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=1024),
+                    1, dict(architecture="jumprelu", d_sae=512)),
     "tiny-llama": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024,
                                  tie_word_embeddings=False), 1, dict(architecture="topk", d_sae=512, k=8)),
@@ -95,7 +99,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype) -> LoadedMo
     model_type, fields, _, _ = SHAPES[name]
     cfg = AutoConfig.for_model(model_type, **fields, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=ATTENTION)
+        model = with_sdpa(AutoModelForCausalLM.from_config, cfg, dtype=dtype)
     model.to_empty(device=device)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -149,6 +153,9 @@ def passes(lm: LoadedModel, sae: SAE, layer: int, toks: list[TokenizedExample], 
            batch_tokens: int) -> dict[str, Callable[[list[int]], Any]]:
     """The four passes, each a function of the example indices it runs on."""
     scorer, examples = make_scorer(lm, sae, layer, toks, n_features, batch_tokens)
+    # what igds runs today: pipeline.load_saes loads every SAE in float32, so the encode
+    # upcasts the bf16 residual and multiplies in fp32
+    scorer32, _ = make_scorer(lm, copy.deepcopy(sae).float(), layer, toks, n_features, batch_tokens)
     alone = answer_only(toks)
 
     def bare(idx):
@@ -164,6 +171,7 @@ def passes(lm: LoadedModel, sae: SAE, layer: int, toks: list[TokenizedExample], 
                 token_losses(lm, [alone[i] for i in idx], batch_tokens, len(idx)))
 
     return {"bare": bare, "igds": lambda idx: scorer.activations([examples[i] for i in idx])["acts"],
+            "igds_sae_fp32": lambda idx: scorer32.activations([examples[i] for i in idx])["acts"],
             "loss": loss, "ifd": ifd}
 
 
@@ -266,11 +274,11 @@ def run_model(rec: Recorder, name: str, args, device: torch.device, dtype: torch
     stopped, full = block_flops(lm, layer + 1, avg), block_flops(lm, lm.n_layers, avg)
     # TopK needs every pre-activation; JumpReLU multiplies only the scored features' columns
     encode = 2 * sae.d_in * (sae.d_sae if sae.architecture == "topk" else args.features)
-    flops = {"bare": stopped, "igds": stopped + encode, "loss": full,
+    flops = {"bare": stopped, "igds": stopped + encode, "igds_sae_fp32": stopped + encode, "loss": full,
              "ifd": full * (1 + sum(len(x.ids) - x.prompt_len + 1 for x in toks) / real)}
     idx, warm = list(range(len(toks))), list(range(min(8, len(toks))))
     rec.save()
-    for key in ("bare", "igds", "loss", "ifd"):
+    for key in ("bare", "igds", "igds_sae_fp32", "loss", "ifd"):
         res = measure(fns[key], idx, warm, device, real, args.min_seconds)
         out = res.pop("_out")
         if key == "igds":
@@ -362,7 +370,8 @@ def markdown(data: dict[str, Any]) -> str:
     if "matmul_tflops" in data:
         lines += [f"Measured {data['dtype']} matmul rate: {data['matmul_tflops']:.3g} TFLOP/s.", ""]
     lines += ["| model | pass | real tokens/s | vs bare forward | MFU | peak GPU GiB |", "|---|---|---:|---:|---:|---:|"]
-    names = {"bare": "(a) bare forward to the SAE layer", "igds": "(b) igds scoring", "loss": "(c) Loss pass",
+    names = {"bare": "(a) bare forward to the SAE layer", "igds": f"(b) igds scoring, SAE in {data['dtype']}",
+             "igds_sae_fp32": "(b') igds scoring, SAE in float32 (as `load_saes` loads it)", "loss": "(c) Loss pass",
              "ifd": "(d) IFD (two losses)"}
     for m in data["models"].values():
         for key, r in m.get("passes", {}).items():
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_throughput.py: no CUDA device; run with --smoke for the CPU smoke mode")
     dtype = torch.float32 if smoke else torch.bfloat16
-    models = (args.models or ("tiny-llama" if smoke else "llama-3.1-8b,gemma-2-2b")).split(",")
+    models = (args.models or ("tiny-llama,tiny-gemma2" if smoke else "llama-3.1-8b,gemma-2-2b")).split(",")
     args.examples = args.examples or (24 if smoke else 512)
     args.batch_tokens = args.batch_tokens or (2048 if smoke else 16384)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.0 if smoke else 4.0)

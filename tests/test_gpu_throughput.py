@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -19,11 +20,14 @@ def test_smoke_run_measures_every_pass_and_writes_its_block(tmp_path):
     gt.main(["--smoke", "--no-ray", "--out", str(out), "--md", str(md)])
     data = json.loads(out.read_text())
     assert data["status"] == "complete" and data["mode"] == "smoke" and data["matmul_tflops"] > 0
-    model = data["models"]["tiny-llama"]
-    assert set(model["passes"]) == {"bare", "igds", "loss", "ifd"}
-    for r in model["passes"].values():
-        assert r["tok_s"] > 0 and r["real_tokens"] >= model["real_tokens"] and 0 < r["mfu"]
-    assert model["ratios_to_bare"]["bare"] == 1.0
+    assert set(data["models"]) == {"tiny-llama", "tiny-gemma2"}
+    for model in data["models"].values():
+        assert set(model["passes"]) == {"bare", "igds", "igds_sae_fp32", "loss", "ifd"}
+        for r in model["passes"].values():
+            assert r["tok_s"] > 0 and r["real_tokens"] >= model["real_tokens"] and 0 < r["mfu"]
+        assert model["ratios_to_bare"]["bare"] == 1.0
+    assert data["models"]["tiny-llama"]["attention"] == "sdpa"
+    assert data["models"]["tiny-gemma2"]["attention"] == "eager"  # Gemma-2 has no SDPA path in transformers
     proj = data["projection"]
     assert proj["pool_tokens"] == 10_000_000 * 256
     assert proj["hours"] == proj["pool_tokens"] / (64 * proj["per_gpu_tok_s"]) / 3600
@@ -33,10 +37,11 @@ def test_smoke_run_measures_every_pass_and_writes_its_block(tmp_path):
     assert "CPU smoke run" in text and "| tiny-llama" in text and "(d) IFD" in text
 
 
-def test_benchmarked_scoring_equals_a_direct_computation():
-    lm = gt.build_model("tiny-llama", torch.device("cpu"), torch.float32)
-    sae = gt.random_sae("tiny-llama", torch.device("cpu"), torch.float32)
-    layer = gt.SHAPES["tiny-llama"][2]
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-gemma2"])  # TopK and JumpReLU SAEs
+def test_benchmarked_scoring_equals_a_direct_computation(shape):
+    lm = gt.build_model(shape, torch.device("cpu"), torch.float32)
+    sae = gt.random_sae(shape, torch.device("cpu"), torch.float32)
+    layer = gt.SHAPES[shape][2]
     toks = gt.synthetic_pool(10, lm.model.config.vocab_size, 20, 64)
     assert len({len(t.ids) for t in toks}) > 1  # several lengths: padding and bucketing are exercised
     scorer, examples = gt.make_scorer(lm, sae, layer, toks, 6, batch_tokens=128)
@@ -56,3 +61,17 @@ def test_deadline_stops_the_run_with_partial_results(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["status"] == data["status"] == "stopped at the 0.001 s deadline"
     assert not any(len(m.get("passes", {})) == 4 for m in saved["models"].values())
+
+
+def test_full_size_shapes_are_the_real_models():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from igds.model import with_sdpa
+
+    for name, params, attention in (("llama-3.1-8b", 8.03e9, "sdpa"), ("gemma-2-2b", 2.61e9, "eager")):
+        model_type, fields, layer, _ = gt.SHAPES[name]
+        with torch.device("meta"):  # no memory: shapes only
+            model = with_sdpa(AutoModelForCausalLM.from_config, AutoConfig.for_model(model_type, **fields))
+        assert abs(sum(p.numel() for p in model.parameters()) / params - 1) < 0.005
+        assert model.config._attn_implementation == attention
+        assert layer == fields["num_hidden_layers"] // 2 - (name == "gemma-2-2b")  # mid-depth

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -217,18 +218,18 @@ def resolve_model_path(name: str) -> tuple[str, str]:
     return name, name
 
 
-def _from_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with SDPA attention where the architecture has it."""
-    from transformers import AutoModelForCausalLM
-
-    kw = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+def with_sdpa(build: Callable[..., nn.Module], *args: Any, **kw: Any) -> nn.Module:
+    """``build(*args, attn_implementation="sdpa", **kw)``, or eager attention where the
+    architecture has no SDPA path (Gemma-2, whose attention-logit soft-capping SDPA lacks;
+    some remote-code models), as transformers itself would choose. ``build`` is
+    ``from_pretrained`` or ``from_config``; the eager retry is explicit because a failed
+    ``from_config`` leaves "sdpa" written in the config it was given."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, attn_implementation=ATTENTION, **kw)
+        return build(*args, attn_implementation=ATTENTION, **kw)
     except ValueError as err:
-        # remote-code and older architectures without an SDPA path: transformers' own choice
-        if "scaled_dot_product_attention" not in str(err) and ATTENTION not in str(err):
+        if "scaled_dot_product_attention" not in str(err):
             raise
-        return AutoModelForCausalLM.from_pretrained(path, **kw)
+        return build(*args, attn_implementation="eager", **kw)
 
 
 def load_model(
@@ -241,7 +242,7 @@ def load_model(
 
     ``dtype`` None/"auto" is bf16 on CUDA and fp32 on CPU; attention is SDPA where the
     architecture supports it."""
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
     dt = parse_dtype(dtype, dev)
@@ -249,6 +250,6 @@ def load_model(
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = _from_pretrained(path, dt, trust_remote_code)
+    model = with_sdpa(AutoModelForCausalLM.from_pretrained, path, dtype=dt, trust_remote_code=trust_remote_code)
     model.to(dev).eval()
     return LoadedModel(model=model, tokenizer=tok, name=display, device=dev, dtype=dt)
