@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -331,6 +332,7 @@ def run_ray(rec: Recorder, name: str, args, device: torch.device, dtype: torch.d
         seconds = time.perf_counter() - t
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     real = int(np.asarray(table.column("n_tokens")).sum()) + table.num_rows  # counted = all but the first token
     local = rec.data["models"].get(name, {}).get("passes", {}).get("igds", {}).get("tok_s")
     rec.data["ray"] = {"model": name, "actors": 1, "gpus_per_actor": cfg.score.ray_gpus_per_actor,
@@ -364,6 +366,9 @@ def markdown(data: dict[str, Any]) -> str:
     smoke = data["device"]["type"] != "cuda"
     lines = [f"`{data['command']}` on {data['date']}: {data['device']['name']}; torch {data['versions']['torch']}, "
              f"transformers {data['versions']['transformers']}; status: {data['status']}.", ""]
+    if "wall_s" in data:
+        lines[0] += (f" Wall time {data['wall_s']:.0f} s; 1-min load average {data['load_avg_start']:.1f} at the "
+                     f"start, {data['load_avg_end']:.1f} at the end.")
     if smoke:
         lines += ["**CPU smoke run (tiny shapes, fp32): it shows the code path runs end to end. These are not "
                   "throughput claims, and the MFU and projection below mean nothing for a GPU.**", ""]
@@ -435,8 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rec = Recorder(Path(args.out), Path(args.md) if args.md else None, {
         "command": cmd.strip(), "date": date.today().isoformat(), "mode": "smoke" if smoke else "gpu",
         "device": {"type": device.type, "name": name}, "dtype": str(dtype).replace("torch.", ""),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+                     "python": platform.python_version()}, "load_avg_start": os.getloadavg()[0],
         "deadline_s": args.deadline, "args": {k: v for k, v in vars(args).items() if k not in ("out", "md")}})
     try:
         n = 256 if smoke else 8192
@@ -459,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    rec.data["wall_s"] = time.perf_counter() - started
+    rec.data["wall_s"], rec.data["load_avg_end"] = time.perf_counter() - started, os.getloadavg()[0]
     rec.save(status)
     print(markdown(rec.data))
     return rec.data
