@@ -244,16 +244,24 @@ class Recorder:
 
 
 def projection(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The 10M x 256-token pool on 64 GPUs from the measured 8B igds scoring rate."""
+    """The 10M x 256-token pool on 64 GPUs from the measured 8B igds scoring rate.
+
+    Met when the pool fits in one hour: 11,111 tokens/s/GPU (the issue's "about 11,000").
+    Given for the SAE in the model's dtype and for the fp32 SAE igds loads today."""
     model = data["models"].get("llama-3.1-8b") or next(iter(data["models"].values()), None)
-    rate = ((model or {}).get("passes", {}).get("igds") or {}).get("tok_s")
-    if rate is None:
+    passes = (model or {}).get("passes", {})
+    if "igds" not in passes:
         return None
     tokens = POOL_EXAMPLES * POOL_LEN
-    hours = tokens / (CLUSTER_GPUS * rate) / 3600
-    return {"model": model["name"], "per_gpu_tok_s": rate, "pool_tokens": tokens, "gpus": CLUSTER_GPUS,
-            "hours": hours, "gpus_for_one_hour": math.ceil(tokens / (rate * 3600)),
-            "target_tok_s": TARGET_TOK_S, "met": bool(rate >= TARGET_TOK_S and hours <= 1.0)}
+    out: dict[str, Any] = {"model": model["name"], "pool_tokens": tokens, "gpus": CLUSTER_GPUS,
+                           "target_tok_s": TARGET_TOK_S, "needed_tok_s": tokens / (CLUSTER_GPUS * 3600)}
+    for key, tag in (("igds", ""), ("igds_sae_fp32", "_sae_fp32")):
+        if key in passes:
+            rate = passes[key]["tok_s"]
+            hours = tokens / (CLUSTER_GPUS * rate) / 3600
+            out |= {f"per_gpu_tok_s{tag}": rate, f"hours{tag}": hours, f"met{tag}": bool(hours <= 1.0),
+                    f"gpus_for_one_hour{tag}": math.ceil(tokens / (rate * 3600))}
+    return out
 
 
 def run_model(rec: Recorder, name: str, args, device: torch.device, dtype: torch.dtype, peak: float) -> None:
@@ -392,10 +400,15 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", f"Ray engine: skipped ({ray['skipped']})."]
     p = data.get("projection")
     if p:
-        lines += ["", f"Projection ({p['model']}): {p['pool_tokens']:.3g} tokens (10M x 256) on {p['gpus']} GPUs at "
-                      f"{p['per_gpu_tok_s']:,.0f} tokens/s/GPU = **{p['hours']:.2f} h**; {p['gpus_for_one_hour']} GPUs "
-                      f"for one hour. Target {p['target_tok_s']:,} tokens/s/GPU: **{'met' if p['met'] else 'not met'}**"
-                      + (" (smoke shapes: meaningless)" if smoke else "") + "."]
+        lines += ["", f"Projection ({p['model']}): {p['pool_tokens']:.3g} tokens (10M x 256) on {p['gpus']} GPUs within "
+                      f"one hour needs {p['needed_tok_s']:,.0f} tokens/s/GPU (target ~{p['target_tok_s']:,})"
+                      + (" (smoke shapes: meaningless)" if smoke else "") + ":", ""]
+        for tag, what in (("", f"SAE in {data['dtype']}"), ("_sae_fp32", "SAE in float32, as igds loads it today")):
+            if f"hours{tag}" in p:
+                lines.append(f"- {what}: {p[f'per_gpu_tok_s{tag}']:,.0f} tokens/s/GPU = **{p[f'hours{tag}']:.2f} h**, "
+                             f"{p[f'gpus_for_one_hour{tag}']} GPUs for one hour: "
+                             f"**{'met' if p[f'met{tag}'] else 'not met'}**")
+    lines += ["", "MFU counts the FLOPs of the blocks run (and of the SAE encode for igds), not the LM head."]
     return "\n".join(lines) + "\n"
 
 

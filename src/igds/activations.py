@@ -10,10 +10,12 @@ Batches are right-padded and grouped by length under a budget of padded tokens
 (never padding; by default never the first token, whose residual norm is orders of
 magnitude above the rest, nor special tokens).
 
-On CUDA the padded batches are built on the host in pinned memory and copied with
-``non_blocking=True``, and nothing in :func:`iter_activation_batches` waits for the
-GPU: the caller decides when results leave it. On CPU the tensors are the same
-ones as before, so CPU scores do not change.
+On CUDA the padded batches go to the GPU through pinned host memory with
+``non_blocking=True``, and igds's own code in :func:`iter_activation_batches` never
+waits for the GPU: the caller decides when results leave it. (transformers' mask code
+reads the attention mask once per forward to pick the causal SDPA kernel, a short
+wait that is not ours.) On CPU the tensors are the same ones as before, so CPU
+scores do not change.
 """
 
 from __future__ import annotations
