@@ -63,3 +63,42 @@ def test_length_batches_respect_token_budget():
     assert sorted(i for b in batches for i in b) == list(range(6))
     for b in batches:
         assert max(lengths[i] for i in b) * len(b) <= 400
+
+
+def test_length_batches_token_budget_alone_and_same_groups_as_a_scan():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(200)]
+    budget_only = length_batches(lengths, max_tokens=2048, max_batch=None)
+    assert sorted(i for b in budget_only for i in b) == list(range(200))
+    assert max(len(b) for b in budget_only) > 32  # short rows fill wide batches without a row cap
+    for b in budget_only:
+        assert max(lengths[i] for i in b) * len(b) <= 2048 or len(b) == 1
+    # the greedy scan over rows sorted by (length, index), checked against its definition
+    order = sorted(range(200), key=lambda i: (lengths[i], i))
+    expected, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1 > 16 or max(lengths[j] for j in cur + [i]) * (len(cur) + 1) > 2048):
+            expected.append(cur)
+            cur = []
+        cur.append(i)
+    assert length_batches(lengths, max_tokens=2048, max_batch=16) == expected + [cur]
+
+
+def test_to_device_on_cpu_is_the_same_tensor():
+    from igds.activations import to_device
+
+    t = torch.arange(6).reshape(2, 3)
+    assert to_device(t, torch.device("cpu")) is t
+
+
+def test_load_model_asks_for_sdpa_attention(tiny_lm, tmp_path):
+    from igds.model import load_model
+
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), "cpu")
+    assert lm.model.config._attn_implementation == "sdpa" and lm.dtype == torch.float32
+    exs, ids, mask = _batch(lm, ["same weights, same residuals"])
+    torch.testing.assert_close(residuals(lm, ids, mask, [1])[1], residuals(tiny_lm, ids, mask, [1])[1])

@@ -5,9 +5,17 @@
 hooks and raising once the deepest requested block has run means scoring never
 pays for the blocks above it or for the LM head.
 
-Batches are right-padded and grouped by length; :func:`count_mask` says which
-positions enter a statistic (never padding; by default never the first token,
-whose residual norm is orders of magnitude above the rest, nor special tokens).
+Batches are right-padded and grouped by length under a budget of padded tokens
+(:func:`length_batches`); :func:`count_mask` says which positions enter a statistic
+(never padding; by default never the first token, whose residual norm is orders of
+magnitude above the rest, nor special tokens).
+
+On CUDA the padded batches go to the GPU through pinned host memory with
+``non_blocking=True``, and igds's own code in :func:`iter_activation_batches` never
+waits for the GPU: the caller decides when results leave it. (transformers' mask code
+reads the attention mask once per forward to pick the causal SDPA kernel, a short
+wait that is not ours.) On CPU the tensors are the same ones as before, so CPU
+scores do not change.
 """
 
 from __future__ import annotations
@@ -58,13 +66,23 @@ def capture(lm: LoadedModel, layers: Sequence[int], stop: bool = True) -> Iterat
             h.remove()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for CUDA goes through pinned memory, asynchronously.
+
+    The copy is ordered on the current stream, so kernels that read it wait for it
+    while the host moves on to build the next batch."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def residuals(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               layers: Sequence[int], stop: bool = True) -> dict[int, torch.Tensor]:
     """Residual stream after blocks ``layers`` for one padded batch: {layer: (B, S, d)}."""
     with capture(lm, layers, stop) as store:
         try:
-            lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device),
+            lm.model(input_ids=to_device(input_ids, lm.device), attention_mask=to_device(attention_mask, lm.device),
                      use_cache=False)
         except _StopForward:
             pass
@@ -99,16 +117,19 @@ def count_mask(examples: Sequence[TokenizedExample], width: int, positions: str 
     return mask
 
 
-def length_batches(lengths: Sequence[int], max_tokens: int = 8192, max_batch: int = 32) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], max_tokens: int = 8192, max_batch: int | None = 32) -> list[list[int]]:
     """Group indices of similar length so padding stays small; deterministic order.
 
-    A batch holds at most ``max_batch`` examples and ``max_tokens`` padded tokens."""
+    A batch holds at most ``max_tokens`` padded tokens (rows x its longest row) and,
+    unless ``max_batch`` is None, at most ``max_batch`` examples. On a GPU the token
+    budget is the limit that matters: short rows then fill wide batches."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    cap = len(order) if max_batch is None else max_batch
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        width = max(lengths[i], *(lengths[j] for j in current)) if current else lengths[i]
-        if current and (len(current) + 1 > max_batch or width * (len(current) + 1) > max_tokens):
+        width = lengths[i]  # ascending order: the newest row is the batch's longest
+        if current and (len(current) + 1 > cap or width * (len(current) + 1) > max_tokens):
             batches.append(current)
             current = []
         current.append(i)
@@ -129,10 +150,13 @@ class ActivationBatch:
 
 
 def iter_activation_batches(lm: LoadedModel, examples: Sequence[TokenizedExample], layers: Sequence[int],
-                            positions: str = "all", max_tokens: int = 8192, max_batch: int = 32,
+                            positions: str = "all", max_tokens: int = 8192, max_batch: int | None = 32,
                             exclude_first: bool = True, exclude_special: bool = True,
                             batches: list[list[int]] | None = None) -> Iterator[ActivationBatch]:
-    """Run the stopped forward over ``examples`` in length-sorted batches."""
+    """Run the stopped forward over ``examples`` in length-sorted batches.
+
+    Yields as soon as the forward is queued: on CUDA the residuals may still be being
+    computed, and reading them on the host (``.cpu()``, ``float(...)``) is what waits."""
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     special = list(getattr(tok, "all_special_ids", []) or []) if exclude_special else []
@@ -143,4 +167,4 @@ def iter_activation_batches(lm: LoadedModel, examples: Sequence[TokenizedExample
         ids, mask = pad(group, pad_id)
         counted = count_mask(group, ids.shape[1], positions, exclude_first, special, ids)
         resid = residuals(lm, ids, mask, layers)
-        yield ActivationBatch(idx, ids, mask, counted.to(lm.device), resid)
+        yield ActivationBatch(idx, ids, mask, to_device(counted, lm.device), resid)

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -43,6 +44,12 @@ _BLOCK_PATHS = (
 )
 
 
+# PyTorch's fused scaled-dot-product attention: flash / memory-efficient kernels on CUDA,
+# no extra wheel. Asked for by name so that a transformers release with another default
+# cannot silently put the eager (B, H, S, S) attention matrix back on the GPU.
+ATTENTION = "sdpa"
+
+
 def cache_dir() -> Path:
     """Where converted models and other derived files live (``IGDS_CACHE``)."""
     env = os.environ.get("IGDS_CACHE")
@@ -53,6 +60,7 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``auto``/None: CUDA when present, else CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -64,6 +72,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A dtype from a name (fp32, bf16, fp16, ...) or None/"auto" (:func:`default_dtype`)."""
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
@@ -209,13 +218,30 @@ def resolve_model_path(name: str) -> tuple[str, str]:
     return name, name
 
 
+def with_sdpa(build: Callable[..., nn.Module], *args: Any, **kw: Any) -> nn.Module:
+    """``build(*args, attn_implementation="sdpa", **kw)``, or eager attention where the
+    architecture has no SDPA path (Gemma-2, whose attention-logit soft-capping SDPA lacks;
+    some remote-code models), as transformers itself would choose. ``build`` is
+    ``from_pretrained`` or ``from_config``; the eager retry is explicit because a failed
+    ``from_config`` leaves "sdpa" written in the config it was given."""
+    try:
+        return build(*args, attn_implementation=ATTENTION, **kw)
+    except ValueError as err:
+        if "scaled_dot_product_attention" not in str(err):
+            raise
+        return build(*args, attn_implementation="eager", **kw)
+
+
 def load_model(
     name: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM in eval mode on ``device`` (CUDA if present) in ``dtype``."""
+    """Load a causal LM in eval mode on ``device`` (CUDA if present) in ``dtype``.
+
+    ``dtype`` None/"auto" is bf16 on CUDA and fp32 on CPU; attention is SDPA where the
+    architecture supports it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -224,6 +250,6 @@ def load_model(
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+    model = with_sdpa(AutoModelForCausalLM.from_pretrained, path, dtype=dt, trust_remote_code=trust_remote_code)
     model.to(dev).eval()
     return LoadedModel(model=model, tokenizer=tok, name=display, device=dev, dtype=dt)
