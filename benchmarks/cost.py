@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from igds.activations import count_mask, iter_activation_batches, length_batches, pad
 from igds.artifacts import atomic_write_text
-from igds.baselines import answer_only, ifd_scores, loss_scores
+from igds.selectors import answer_only, ifd_scores, loss_scores
 from igds.config import ScoreConfig
 from igds.data import load_examples, tokenize_example
 from igds.features import FeatureSet

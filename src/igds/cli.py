@@ -150,7 +150,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Score a pool with one of the paper's baselines (same table shape as IGDS)."""
-    from . import baselines
+    from . import selectors as baselines
     from .data import DataSpec, load_examples
     from .selection import write_score_table
 
@@ -166,7 +166,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     elif args.method == "zip":
         table = baselines.zip_scores(pool)
     else:
-        table = baselines.longest_scores(pool, unit="chars")
+        table = baselines.longest_scores(pool)
     write_score_table(args.out, table)
     print(f"{table.num_rows} examples scored by {args.method} -> {args.out}")
     return 0

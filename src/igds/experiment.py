@@ -252,7 +252,7 @@ def _numbers(d: dict[str, Any]) -> dict[str, float]:
 
 def baseline_table(method: str, lm: LoadedModel, pool: Sequence[Example], seed: int, options: dict[str, Any],
                    cfg: ExperimentConfig) -> pa.Table:
-    from . import baselines
+    from . import selectors as baselines
 
     common = {"max_length": cfg.finetune.max_length, "use_chat_template": cfg.use_chat_template}
     if method == "random":

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from igds import baselines
-from igds.baselines import (_Stream, answer_only, compression_ratio, ifd_scores, longest_scores, loss_scores,
-                            random_scores, zip_order, zip_scores, zip_stage_sizes)
+from igds.selectors import ifd as ifd_module
+from igds.selectors import (SELECTORS, SelectionContext, Selector, answer_only, compression_ratio, get_selector,
+                            ifd_scores, longest_scores, loss_scores, random_scores, register, run_selector,
+                            zip_order, zip_scores, zip_stage_sizes)
+from igds.selectors.zip import _Stream
 from igds.data import Example, tokenize_example
 from igds.selection import select_indices, table_meta
 
@@ -65,7 +67,7 @@ def test_ifd_above_one_ranked_last(tiny_lm, monkeypatch):
     cond = np.array([0.5, 3.0, 0.9, 2.0, np.nan])
     alone = np.array([1.0, 2.0, 1.0, 1.0, 1.0])  # IFD 0.5, 1.5, 0.9, 2.0, nan
     calls = iter([cond, alone])
-    monkeypatch.setattr(baselines, "token_losses", lambda *a, **k: next(calls))
+    monkeypatch.setattr(ifd_module, "token_losses", lambda *a, **k: next(calls))
     table = ifd_scores(tiny_lm, POOL, progress=False)
     # kept (IFD <= 1) highest first, then dropped least-bad first, NaN last
     assert select_indices(table, budget=5) == [2, 0, 1, 3, 4]
@@ -80,13 +82,17 @@ def test_random_scores_deterministic():
     assert a.column("id").to_pylist() == [e.id for e in POOL]
 
 
-def test_longest_scores(tiny_lm):
-    t = longest_scores(POOL, tokenizer=tiny_lm.tokenizer)
-    assert select_indices(t, budget=3) == [1, 3, 2]
-    c = longest_scores(POOL, unit="chars")
+def test_longest_one_definition(tiny_lm):
+    """Tokens when the context has a model (its tokenizer), characters otherwise; every entrance agrees."""
+    tok = tiny_lm.tokenizer
+    t = run_selector("longest", POOL, SelectionContext(model=tiny_lm))
+    want = [len(tok(e.response, add_special_tokens=False)["input_ids"]) for e in POOL]
+    assert t.column("score").to_pylist() == [float(w) for w in want] and t.column("n_tokens").to_pylist() == want
+    assert select_indices(t, budget=3) == [1, 3, 2] and table_meta(t)["unit"] == "tokens"
+    assert t.equals(longest_scores(POOL, tok))
+    c = run_selector("longest", POOL, SelectionContext())
     assert c.column("score").to_pylist() == [float(len(e.response)) for e in POOL]
-    with pytest.raises(ValueError, match="tokenizer"):
-        longest_scores(POOL)
+    assert table_meta(c)["unit"] == "chars" and c.equals(longest_scores(POOL))
 
 
 # ---------------------------------------------------------------- ZIP
@@ -183,3 +189,134 @@ def test_zip_budget_and_stage_sizes():
     assert zip_stage_sizes(1000) == (64, 16, 8)
     assert zip_stage_sizes(10, 10000, 200, 100) == (10, 10, 8)
     assert table_meta(zip_scores(POOL, progress=False))["method"] == "zip"
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_names_and_errors():
+    assert {"random", "loss", "ifd", "zip", "longest", "dsir", "bm25", "embed", "mona", "igds", "igds_recall_only",
+            "igds_random_candidates"} <= set(SELECTORS)
+    with pytest.raises(KeyError, match="unknown selector 'nope'; known: .*bm25.*random"):
+        get_selector("nope")
+    with pytest.raises(ValueError, match="registered twice"):
+        register("random")(type("Again", (Selector,), {"score": lambda self, pool, ctx: None}))
+    with pytest.raises(ValueError, match=r"selector 'random': unknown option\(s\) \['kep'\]"):
+        run_selector("random", POOL, SelectionContext(options={"kep": 1}))
+    with pytest.raises(ValueError, match="selector 'loss' needs model"):
+        run_selector("loss", POOL, SelectionContext())
+    with pytest.raises(ValueError, match="selector 'mona' needs model and task and sae"):
+        run_selector("mona", POOL, SelectionContext())
+    with pytest.raises(ValueError, match="needs options config"):
+        run_selector("igds", POOL, SelectionContext(model=object()))
+
+
+def test_model_free_selectors_write_the_standard_table():
+    ctx = SelectionContext(task=ARITH_TASK, seed=3)
+    for name in ("random", "zip", "longest", "dsir", "bm25"):
+        t = run_selector(name, POOL, ctx)
+        assert t.column_names[:4] == ["index", "id", "score", "n_tokens"], name
+        assert t.column("id").to_pylist() == [e.id for e in POOL] and table_meta(t)["method"] == name
+
+
+def test_igds_ablations_change_only_the_filter(monkeypatch, tmp_path):
+    from igds.config import RunConfig
+    from igds.selectors import frs
+
+    seen = []
+
+    def fake(lm, cfg, run_dir):
+        seen.append(cfg.filter)
+        return random_scores(POOL), None
+
+    monkeypatch.setattr(frs, "igds_scores", fake)
+    cfg = RunConfig()
+    for name in ("igds", "igds_recall_only", "igds_random_candidates"):
+        run_selector(name, POOL, SelectionContext(model=object(), options={"config": cfg, "run_dir": tmp_path}))
+    assert [(f.enabled, f.random_candidates) for f in seen] == [(True, False), (False, False), (True, True)]
+    assert cfg.filter.enabled and not cfg.filter.random_candidates  # the caller's config is not touched
+    monkeypatch.setattr(frs, "igds_scores", lambda lm, cfg, run_dir: (random_scores(POOL[:2]), None))
+    with pytest.raises(RuntimeError, match="pool order"):
+        run_selector("igds", POOL, SelectionContext(model=object(), options={"config": cfg, "run_dir": tmp_path}))
+
+
+# ---------------------------------------------------------------- targeting selectors on a planted pool
+ARITH_TASK = [_ex(100 + i, f"What is {a} plus {b}?", f"{a} plus {b} equals {a + b}. The sum is {a + b}.")
+              for i, (a, b) in enumerate([(12, 7), (30, 45), (8, 9), (21, 14), (5, 60), (17, 17)])]
+ARITH_LIKE = [_ex(i, f"What is {a} plus {b}?", f"Adding them: {a} plus {b} equals {a + b}.")
+              for i, (a, b) in enumerate([(3, 4), (11, 22), (40, 2), (9, 9), (13, 31), (6, 70)])]
+UNRELATED = [_ex(50 + i, text.split(",")[0] + "?", text) for i, text in enumerate(DIVERSE[:6])]
+# interleaved (arithmetic at even positions), so a constant score (ties by index) or a reversed one fails
+MIXED = [e for pair in zip(ARITH_LIKE, UNRELATED) for e in pair]
+ON_TASK = list(range(0, 12, 2))
+
+
+@pytest.mark.parametrize("name,options", [("dsir", {}), ("bm25", {}), ("bm25", {"aggregate": "max"})])
+def test_text_targeting_selectors_rank_task_rows_first(name, options):
+    table = run_selector(name, MIXED, SelectionContext(task=ARITH_TASK, options=options))
+    assert sorted(select_indices(table, budget=6)) == ON_TASK
+    assert table_meta(table)["method"] == name
+
+
+def test_bm25_aggregates_mean_or_max():
+    mean = run_selector("bm25", MIXED, SelectionContext(task=ARITH_TASK))
+    best = run_selector("bm25", MIXED, SelectionContext(task=ARITH_TASK, options={"aggregate": "max"}))
+    assert np.all(best.column("score").to_numpy() >= mean.column("score").to_numpy())
+    np.testing.assert_allclose(best.column("score").to_numpy(), mean.column("bm25_max").to_numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="aggregate"):
+        run_selector("bm25", MIXED, SelectionContext(task=ARITH_TASK, options={"aggregate": "median"}))
+
+
+SEVENS_TASK = [_ex(200 + i, f"Count the sevens in {s}", f"{s} has {len(s)} sevens: {s}")
+               for i, s in enumerate(["777", "7777", "77", "77777"])]
+SEVENS_POOL = [e for pair in zip(
+    [_ex(i, f"Write {s}", f"{s} 7 {s}") for i, s in enumerate(["77", "777", "7777", "77777"])],
+    [_ex(10 + i, q, a) for i, (q, a) in enumerate([("Name a fruit", "apple"), ("Say hello", "hello there"),
+                                                   ("A colour?", "blue sky"), ("Greet me", "good day")])])
+    for e in pair]
+
+
+@pytest.fixture
+def planted_ctx(tiny_lm):
+    """The tiny model and an SAE whose feature 5 fires on "7" (feature 2 always on at 1, the rest dead)."""
+    from planted import blank_sae, plant_always_on, plant_detector
+
+    def chat(e):  # the detector is fitted on the texts as the selectors read them
+        return tiny_lm.tokenizer.apply_chat_template(e.messages + [{"role": "assistant", "content": e.response}],
+                                                     tokenize=False)
+
+    sae = blank_sae(tiny_lm, 1)
+    plant_detector(tiny_lm, sae, 5, 1, [chat(e) for e in SEVENS_TASK], [chat(e) for e in SEVENS_POOL[1::2]], "7")
+    with torch.no_grad():  # ReLU is positively homogeneous: same on/off pattern, activations far above 0
+        sae.W_enc[:, 5] *= 1000
+        sae.b_enc[5] *= 1000
+    plant_always_on(sae, 2)
+    return SelectionContext(model=tiny_lm, task=SEVENS_TASK, sae=sae, max_length=128)
+
+
+@pytest.mark.parametrize("name", ["embed", "mona"])
+def test_sae_selectors_rank_task_rows_first(planted_ctx, name):
+    table = run_selector(name, SEVENS_POOL, planted_ctx)
+    assert sorted(select_indices(table, budget=4)) == [0, 2, 4, 6]
+    assert table_meta(table)["method"] == name and min(table.column("n_tokens").to_pylist()) > 0
+
+
+def test_mona_is_generalised_jaccard_of_the_planted_codes(planted_ctx):
+    """Feature 2 is always 1 and feature 5 fires only on "7": a row without a 7 has code (1, 0), so its
+    Jaccard to the prototype (1, p5) is exactly 1 / (1 + p5), the same for every such row."""
+    jac = run_selector("mona", SEVENS_POOL, planted_ctx).column("jaccard").to_numpy()
+    off = jac[1::2]
+    np.testing.assert_allclose(off, off[0], rtol=1e-5)
+    assert 0 < off[0] < 1 and np.all(jac[0::2] > off.max())
+
+
+def test_embed_and_mona_share_one_forward_pass(planted_ctx, monkeypatch):
+    from igds.selectors import sae_means
+
+    calls = []
+    real = sae_means.iter_activation_batches
+    monkeypatch.setattr(sae_means, "iter_activation_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared: dict = {}
+    for name in ("embed", "mona"):
+        ctx = SelectionContext(model=planted_ctx.model, task=SEVENS_TASK, sae=planted_ctx.sae, max_length=128,
+                               shared=shared)
+        run_selector(name, SEVENS_POOL, ctx)
+    assert len(calls) == 2  # one pass over the task, one over the pool, for both selectors
