@@ -193,3 +193,13 @@ def test_scoring_progress_has_a_total_and_the_run_writes_igds_log(setup, capsys)
     log = open(setup["out"] + "/igds.log").read()
     assert "features: 1 validated" in log and "scores: 20 rows" in log
     assert "features: reusing" in log and "0 scored by this run, 3 reused" in log
+
+
+def test_saes_follow_the_model_dtype_on_cuda_and_stay_float32_on_cpu(setup):
+    from igds.inputs import load_saes, sae_dtype
+    from igds.model import load_model
+
+    assert sae_dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16
+    cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [setup["sae"]]})
+    lm = load_model(setup["model"], "cpu", "bf16")
+    assert {p.dtype for s in load_saes(cfg, lm).values() for p in s.parameters()} == {torch.float32}
