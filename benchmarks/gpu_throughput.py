@@ -154,8 +154,8 @@ def passes(lm: LoadedModel, sae: SAE, layer: int, toks: list[TokenizedExample], 
            batch_tokens: int) -> dict[str, Callable[[list[int]], Any]]:
     """The four passes, each a function of the example indices it runs on."""
     scorer, examples = make_scorer(lm, sae, layer, toks, n_features, batch_tokens)
-    # what igds runs today: pipeline.load_saes loads every SAE in float32, so the encode
-    # upcasts the bf16 residual and multiplies in fp32
+    # what igds ran before inputs.load_saes put SAEs in the model's dtype on CUDA (and still
+    # runs on CPU): every SAE in float32, so the encode upcasts the bf16 residual, fp32 matmul
     scorer32, _ = make_scorer(lm, copy.deepcopy(sae).float(), layer, toks, n_features, batch_tokens)
     alone = answer_only(toks)
 
@@ -303,14 +303,17 @@ def run_model(rec: Recorder, name: str, args, device: torch.device, dtype: torch
 
 
 def run_ray(rec: Recorder, name: str, args, device: torch.device, dtype: torch.dtype) -> None:
-    """The same scoring through igds.ray_engine.score_pool_ray with one actor (a GPU one on CUDA)."""
+    """The same scoring through igds's Ray engine (``score_pool`` with ``RayCompute``) on one
+    actor (a GPU one on CUDA), keyed on the actors' precision as ``igds.engines`` keys it."""
     try:
         import ray
     except ImportError:
         rec.data["ray"] = {"skipped": "ray is not importable"}
         return
     from igds.config import load_config
-    from igds.ray_engine import score_pool_ray
+    from igds.inputs import data_spec, precision
+    from igds.ray_engine import RayCompute, worker_placement
+    from igds.scoring import score_pool
 
     toks_n = args.examples
     if device.type == "cuda":
@@ -335,8 +338,10 @@ def run_ray(rec: Recorder, name: str, args, device: torch.device, dtype: torch.d
     init_s = time.perf_counter() - t
     try:
         t = time.perf_counter()
-        table = score_pool_ray(cfg, random_features(sae, layer, args.features), work / "run", lm=driver_lm,
-                               saes={layer: sae}, scorer_cls=actor)
+        fs = random_features(sae, layer, args.features)
+        table = score_pool(driver_lm, {layer: sae}, fs, cfg.pool.path, data_spec(cfg.pool), cfg.score, work / "run",
+                           compute=RayCompute(cfg, fs, actor),
+                           compute_precision=precision(*worker_placement(cfg))).table
         seconds = time.perf_counter() - t
     finally:
         ray.shutdown()
@@ -347,7 +352,7 @@ def run_ray(rec: Recorder, name: str, args, device: torch.device, dtype: torch.d
                        "init_s": init_s, "end_to_end_s": seconds, "real_tokens": real,
                        "tok_s_end_to_end": real / seconds, "shard_size": args.ray_shard,
                        "vs_local_igds": real / seconds / local if local else None,
-                       "what": "score_pool_ray end to end: actor start, model build in the actor, shards shipped, "
+                       "what": "score_pool on RayCompute end to end: actor start, model build in the actor, shards shipped, "
                                "scored and written (excludes ray.init)"}
 
 
@@ -384,7 +389,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"Measured {data['dtype']} matmul rate: {data['matmul_tflops']:.3g} TFLOP/s.", ""]
     lines += ["| model | pass | real tokens/s | vs bare forward | MFU | peak GPU GiB |", "|---|---|---:|---:|---:|---:|"]
     names = {"bare": "(a) bare forward to the SAE layer", "igds": f"(b) igds scoring, SAE in {data['dtype']}",
-             "igds_sae_fp32": "(b') igds scoring, SAE in float32 (as `load_saes` loads it)", "loss": "(c) Loss pass",
+             "igds_sae_fp32": "(b') igds scoring, SAE in float32 (as igds loaded it on CUDA until issue 16)", "loss": "(c) Loss pass",
              "ifd": "(d) IFD (two losses)"}
     for m in data["models"].values():
         for key, r in m.get("passes", {}).items():
@@ -403,7 +408,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", f"Projection ({p['model']}): {p['pool_tokens']:.3g} tokens (10M x 256) on {p['gpus']} GPUs within "
                       f"one hour needs {p['needed_tok_s']:,.0f} tokens/s/GPU (target ~{p['target_tok_s']:,})"
                       + (" (smoke shapes: meaningless)" if smoke else "") + ":", ""]
-        for tag, what in (("", f"SAE in {data['dtype']}"), ("_sae_fp32", "SAE in float32, as igds loads it today")):
+        for tag, what in (("", f"SAE in {data['dtype']}"), ("_sae_fp32", "SAE in float32, as igds loaded it until issue 16")):
             if f"hours{tag}" in p:
                 lines.append(f"- {what}: {p[f'per_gpu_tok_s{tag}']:,.0f} tokens/s/GPU = **{p[f'hours{tag}']:.2f} h**, "
                              f"{p[f'gpus_for_one_hour{tag}']} GPUs for one hour: "

@@ -78,3 +78,16 @@ def test_full_size_shapes_are_the_real_models():
         assert abs(sum(p.numel() for p in model.parameters()) / params - 1) < 0.005
         assert model.config._attn_implementation == attention
         assert layer == fields["num_hidden_layers"] // 2 - (name == "gemma-2-2b")  # mid-depth
+
+
+def test_ray_measurement_scores_the_whole_pool_on_an_actor(tmp_path):
+    pytest.importorskip("ray")
+    import argparse
+
+    args = argparse.Namespace(examples=12, median_len=24, max_len=48, features=4, batch_tokens=512, ray_shard=6)
+    rec = gt.Recorder(tmp_path / "gpu.json", None, {})
+    gt.run_ray(rec, "tiny-llama", args, torch.device("cpu"), torch.float32)
+    ray = rec.data["ray"]
+    vocab = gt.SHAPES["tiny-llama"][1]["vocab_size"]
+    assert ray["real_tokens"] == sum(len(t.ids) for t in gt.synthetic_pool(12, vocab, 24, 48))  # every row scored
+    assert ray["tok_s_end_to_end"] > 0 and ray["gpus_per_actor"] == 0

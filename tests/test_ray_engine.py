@@ -31,7 +31,6 @@ from igds.model import load_model  # noqa: E402
 from igds.ray_engine import RayCompute, ShardScorer  # noqa: E402
 from igds.scoring import score_pool  # noqa: E402
 
-from planted import blank_sae  # noqa: E402
 from test_cli import setup  # noqa: E402,F401  (tiny model + planted SAE saved to disk)
 
 RAY_OPTS = ["--engine", "ray", "--score.ray-actors", "2", "--score.ray-cpus-per-actor", "0.5"]
@@ -168,15 +167,17 @@ def test_a_shard_that_kills_every_worker_stops_after_the_retry_bound(setup, tmp_
 
 
 def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path):
-    sae = blank_sae(tiny_lm, 1)
+    # NaN weights in a block below the SAE's layer: the residual stream the workers read is
+    # NaN (an SAE with NaN weights is refused on load, before any worker could see it)
     with torch.no_grad():
-        sae.b_enc[5] = float("nan")
-    sae.save(tmp_path / "nan_sae")
-    cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [str(tmp_path / "nan_sae")],
+        tiny_lm.model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    tiny_lm.model.save_pretrained(tmp_path / "nan_model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "nan_model")
+    cfg = load_config(overrides={"model.name": str(tmp_path / "nan_model"), "sae.paths": [setup["sae"]],
                                  "pool.path": setup["pool"], "score.shard_size": 8, "score.ray_cpus_per_actor": 0.5,
                                  "score.engine": "ray"})
     fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 1.0}], validated=["L1/F5"])
-    lm = load_model(setup["model"], "cpu")
+    lm = load_model(cfg.model.name, "cpu")
     with pytest.raises(FloatingPointError, match=r"pool\.jsonl:(\d+): non-finite feature activations for example 'p\d+'"):
         score_features(cfg, lm, load_saes(cfg, lm), fs, tmp_path / "run")
     assert not (tmp_path / "run" / "scores.parquet").exists()

@@ -8,7 +8,7 @@ import pytest
 from igds.config import ScoreConfig
 from igds.data import DataSpec
 from igds.features import FeatureSet
-from igds.scoring import FeatureScorer, compute_local, score_pool
+from igds.scoring import FeatureScorer, ScoreSummary, compute_local, score_pool
 from igds.selection import select_indices
 
 from planted import blank_sae, plant_always_on, plant_detector
@@ -89,7 +89,8 @@ def test_interrupted_scoring_resumes_byte_identical(tiny_lm, planted, tmp_path):
     assert a == (tmp_path / "b" / "scores.parquet").read_bytes()
     assert (tmp_path / "a" / "top_examples.json").read_bytes() == (tmp_path / "b" / "top_examples.json").read_bytes()
     assert pq.read_table(tmp_path / "b" / "scores.parquet").num_rows == 20
-    assert scores.summary == {"pool_size": 20, "n_truncated": 0, "n_rejected": 0, "max_length": cfg.max_length}
+    assert scores.summary == ScoreSummary(pool_size=20, n_truncated=0, n_rejected=0, max_length=cfg.max_length)
+    assert ScoreSummary.load(next((tmp_path / "b" / "cache").glob("scores-*/summary.json"))) == scores.summary
 
 
 def test_a_cached_shard_that_does_not_match_the_pool_is_an_error(tiny_lm, planted, tmp_path):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .config import RunConfig
 from .features import FeatureSet
-from .inputs import data_spec, resolve_source
+from .inputs import data_spec, precision, resolve_source, weights_fingerprint
 from .model import LoadedModel
-from .ray_engine import RayCompute
+from .ray_engine import RayCompute, worker_placement
 from .sae import SAE
 from .scoring import Scores, score_pool
 
@@ -28,10 +28,15 @@ def score_features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], fs: Fe
     """Stage 2 of ``cfg.pool`` against ``fs`` on the configured engine.
 
     ``lm`` and ``saes`` are this process's copies: the local engine scores with them; with
-    Ray they only enter the cache key, and every actor loads its own."""
+    Ray they only enter the cache key, and every actor loads its own: the key then takes
+    the dtypes the actors compute in (:func:`igds.ray_engine.worker_placement`), not the
+    driver's (a CPU driver is float32 where GPU actors are bf16)."""
     if cfg.score.engine not in ENGINES:
         raise ValueError(f"score.engine must be one of {ENGINES}, got {cfg.score.engine!r}")
-    compute = RayCompute(cfg, fs) if cfg.score.engine == "ray" else None
+    compute, where = None, precision(lm.device, lm.dtype)
+    if cfg.score.engine == "ray":
+        compute, where = RayCompute(cfg, fs), precision(*worker_placement(cfg))
     return score_pool(lm, saes, fs, resolve_source(cfg.pool, "pool"), data_spec(cfg.pool), cfg.score, run_dir,
                       use_chat_template=cfg.use_chat_template, skip_bad=cfg.skip_bad, limit=cfg.pool.limit,
-                      split=cfg.pool.split, compute=compute)
+                      split=cfg.pool.split, compute=compute, weights=weights_fingerprint(cfg),
+                      compute_precision=where)

@@ -40,24 +40,34 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .features import FeatureSet
 from .inputs import load_saes
-from .model import load_model
+from .model import load_model, parse_dtype
 from .scoring import FeatureScorer, Shard, ShardStore
+
+
+def worker_placement(cfg: RunConfig) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype every actor loads the model in, resolved from the config alone
+    (``model.device=auto`` follows ``score.ray_gpus_per_actor``, not the driver's devices)."""
+    device = cfg.model.device
+    if device == "auto":
+        # Ray hides GPUs an actor did not ask for; be explicit so a CPU actor never
+        # reaches for a GPU another actor holds.
+        device = "cuda" if cfg.score.ray_gpus_per_actor > 0 else "cpu"
+    dev = torch.device(device)
+    return dev, parse_dtype(cfg.model.dtype, dev)
 
 
 class ShardScorer:
     """The ``map_batches`` callable: loads the model and SAEs once per actor, scores shards."""
 
     def __init__(self, cfg: RunConfig, features: FeatureSet) -> None:
-        device = cfg.model.device
-        if device == "auto":
-            # Ray hides GPUs an actor did not ask for; be explicit so a CPU actor never
-            # reaches for a GPU another actor holds.
-            device = "cuda" if cfg.score.ray_gpus_per_actor > 0 else "cpu"
-        lm = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.trust_remote_code)
+        device, dtype = worker_placement(cfg)
+        lm = load_model(cfg.model.name, device, dtype, cfg.model.trust_remote_code)
         self.scorer = FeatureScorer(lm, load_saes(cfg, lm), features, cfg.score, cfg.use_chat_template)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -110,17 +120,21 @@ def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]]
             fn_constructor_kwargs={"cfg": cfg, "features": features},
             max_restarts=-1, max_task_retries=score.ray_max_retries)
     done = 0
+    bar = tqdm(total=len(rows), desc="scoring on ray", unit="shard", dynamic_ncols=True)
     try:
         for row in ds.iter_rows():
             if row["error"]:
                 raise pickle.loads(row["error"])  # finished shards stay cached for the next run
             store.put(int(row["shard"]), _from_ipc(row["table"]), json.loads(row["extra"]))
             done += 1
+            bar.update(1)
     except ray.exceptions.RayError as err:
         raise RuntimeError(
             f"Ray gave up on a shard ({type(err).__name__}), for example after its worker died more than "
             f"score.ray_max_retries={score.ray_max_retries} times; the {done} shards this run finished are cached, "
             f"with any from earlier runs, in {store.dir}: run again to resume") from err
+    finally:
+        bar.close()
     if done != len(rows):
         raise RuntimeError(f"ray returned {done} of {len(rows)} shards; run again to resume")
 

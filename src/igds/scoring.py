@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -33,16 +34,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import iter_activation_batches
-from .artifacts import (atomic_write_json, atomic_write_jsonl, atomic_write_parquet, read_json, sha256_file,
-                        stable_hash)
+from .artifacts import atomic_write_json, atomic_write_parquet, read_json, stable_hash
 from .config import ScoreConfig
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
 from .features import FeatureSet
+from .inputs import count_records, precision, source_fingerprint
 from .model import LoadedModel
 from .sae import SAE
 from .selection import make_score_table
 
 AGGREGATIONS = ("mean", "sum", "max")
+
+log = logging.getLogger(__name__)
 
 
 class FeatureScorer:
@@ -172,24 +175,46 @@ def shards(stream: Iterator[Example], size: int) -> Iterator[list[Example]]:
         yield chunk
 
 
-def source_fingerprint(source: str) -> str:
-    path = Path(source)
-    return sha256_file(path) if path.is_file() else source
-
-
 def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
                     pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
-                    dtype: str = "float32", split: str | None = None) -> str:
-    """Hash of everything the scores depend on (bf16 and fp32 shards never mix)."""
+                    dtype: str = "float32", split: str | None = None, weights: dict[str, Any] | None = None) -> str:
+    """Hash of everything the scores depend on: ``dtype`` is :func:`igds.inputs.precision` of
+    where the scores are computed (bf16 and fp32 shards never mix), ``weights`` the
+    :func:`igds.inputs.weights_fingerprint` of the model and SAE files (None: their names only)."""
     relevant = {k: v for k, v in asdict(cfg).items()
                 if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
     return stable_hash({
         "model": lm_name, "dtype": dtype,
+        "weights": weights,
         "saes": [s.describe() for _, s in sorted(saes.items())],
         "features": [(c["key"], c.get("scale")) for c in features.validated_features],
         "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
         "chat": use_chat_template, "limit": limit, "split": split,
     })
+
+
+@dataclass
+class ScoreSummary:
+    """What Stage 2 counted over the pool (``RUN_DIR/cache/scores-<key>/summary.json``)."""
+
+    pool_size: int  # rows scored
+    n_truncated: int  # rows longer than max_length, truncated
+    n_rejected: int  # pool records skipped under --skip-bad
+    max_length: int
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScoreSummary":
+        return cls(**read_json(path))
+
+
+def pool_meta(source: str, ids: Sequence[str]) -> dict[str, Any]:
+    """The pool a score table was computed on, for the table's ``igds`` metadata: its source,
+    :func:`~igds.inputs.source_fingerprint`, row count and a hash of its ids in order."""
+    return {"source": source, "fingerprint": source_fingerprint(source), "rows": len(ids),
+            "ids_sha": stable_hash(list(ids))}
 
 
 @dataclass(frozen=True)
@@ -202,11 +227,13 @@ class Shard:
 
 
 class Scores(NamedTuple):
-    """Stage 2's result: the score table, the top windows per feature and the pool's counts."""
+    """Stage 2's result: the score table, the top windows per feature, the pool's counts and
+    the pool records skipped under ``--skip-bad`` (rows of ``rejects.jsonl``, ``section=pool``)."""
 
     table: pa.Table
     tops: dict[str, list]
-    summary: dict[str, Any]
+    summary: ScoreSummary
+    rejects: list[dict[str, Any]]
 
 
 class ShardStore:
@@ -217,12 +244,14 @@ class ShardStore:
     done (both files exist; the sidecar is written first). Engines only compute the
     shards :meth:`pending` yields and hand each to :meth:`put`."""
 
-    def __init__(self, run_dir: str | Path, key: str, shard_size: int) -> None:
+    def __init__(self, run_dir: str | Path, key: str, shard_size: int, expected_rows: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.key = key
         self.shard_size = shard_size
+        self.expected_rows = expected_rows  # the pool's size where cheap to count (progress totals)
         self.dir = self.run_dir / "cache" / f"scores-{key}"
         self.n_shards = 0  # shards in the pool, known once pending() is exhausted
+        self.n_computed = 0  # of them, the ones this run had to score
         self._scanned = False
 
     def _paths(self, index: int) -> tuple[Path, Path]:
@@ -235,13 +264,14 @@ class ShardStore:
     def pending(self, stream: Iterable[Example]) -> Iterator[Shard]:
         """Cut ``stream`` into shards and yield those not done; a done shard must hold the same ids."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.n_shards, self._scanned, start = 0, False, 0
+        self.n_shards, self.n_computed, self._scanned, start = 0, 0, False, 0
         for index, chunk in enumerate(shards(iter(stream), self.shard_size)):
             if self.done(index):
                 path = self._paths(index)[0]
                 if pq.read_table(path, columns=["id"]).column("id").to_pylist() != [e.id for e in chunk]:
                     raise RuntimeError(f"{path}: cached shard does not match the pool; delete {self.dir}")
             else:
+                self.n_computed += 1
                 yield Shard(index, start, chunk)
             start += len(chunk)
             self.n_shards = index + 1
@@ -254,9 +284,9 @@ class ShardStore:
         atomic_write_json(side, extra)
         atomic_write_parquet(path, table)
 
-    def assemble(self, cfg: ScoreConfig, features: FeatureSet, rejects: Rejects) -> Scores:
-        """Join every shard into ``scores.parquet`` and ``top_examples.json`` (plus the
-        rejects and the summary) once all are done."""
+    def assemble(self, cfg: ScoreConfig, features: FeatureSet, rejects: Rejects, pool_source: str) -> Scores:
+        """Join every shard into ``scores.parquet`` (its ``igds`` metadata names the pool, see
+        :func:`pool_meta`) and ``top_examples.json``, plus the shard summary, once all are done."""
         missing = [s for s in range(self.n_shards) if not self.done(s)]
         if not self._scanned or missing:
             raise RuntimeError(f"{self.dir}: shards are missing after scoring; run again to resume")
@@ -267,18 +297,18 @@ class ShardStore:
             tables.append(pq.read_table(path))
             tops.append(extra["tops"])
             n_truncated += extra["n_truncated"]
-        table = pa.concat_tables(tables).replace_schema_metadata({"igds": json.dumps({
+        table = pa.concat_tables(tables)
+        table = table.replace_schema_metadata({"igds": json.dumps({
             "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
-            "normalize": cfg.normalize, "features": [c["key"] for c in features.validated_features]})})
+            "normalize": cfg.normalize, "features": [c["key"] for c in features.validated_features],
+            "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
         merged = merge_tops(tops, cfg.top_examples)
         atomic_write_parquet(self.run_dir / "scores.parquet", table)
         atomic_write_json(self.run_dir / "top_examples.json", merged)
-        summary = {"pool_size": table.num_rows, "n_truncated": n_truncated, "n_rejected": len(rejects.rows),
-                   "max_length": cfg.max_length}
-        if rejects.rows:
-            atomic_write_jsonl(self.run_dir / "rejects.jsonl", rejects.rows)
-        atomic_write_json(self.dir / "summary.json", summary)
-        return Scores(table, merged, summary)
+        summary = ScoreSummary(pool_size=table.num_rows, n_truncated=n_truncated, n_rejected=len(rejects.rows),
+                               max_length=cfg.max_length)
+        summary.save(self.dir / "summary.json")
+        return Scores(table, merged, summary, [{"section": "pool", **row} for row in rejects.rows])
 
 
 # An engine: scores the shards it is given and hands each to ``store.put`` as it finishes.
@@ -287,13 +317,13 @@ Compute = Callable[[Iterable[Shard], ShardStore], None]
 
 def compute_local(pending: Iterable[Shard], store: ShardStore, scorer: FeatureScorer) -> None:
     """The local engine: score each pending shard in this process."""
-    bar = tqdm(desc="scoring", unit="ex", dynamic_ncols=True)
+    bar = tqdm(total=store.expected_rows, desc="scoring", unit="ex", dynamic_ncols=True)
     n_tok = 0
     for shard in pending:
         table, tops, n_truncated = scorer.score(shard.examples, shard.start)
         store.put(shard.index, table, {"tops": tops, "n_truncated": n_truncated})
         n_tok += int(np.asarray(table.column("n_tokens")).sum())
-        bar.update(len(shard.examples))
+        bar.update(shard.start + len(shard.examples) - bar.n)  # cached shards before this one count as done
         if bar.format_dict.get("elapsed"):
             bar.set_postfix(tok_s=f"{n_tok / max(bar.format_dict['elapsed'], 1e-9):.0f}")
     bar.close()
@@ -302,25 +332,33 @@ def compute_local(pending: Iterable[Shard], store: ShardStore, scorer: FeatureSc
 def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool_source: str,
                spec: DataSpec, cfg: ScoreConfig, run_dir: str | Path, *, use_chat_template: bool = True,
                skip_bad: bool = False, limit: int | None = None, split: str | None = None,
-               compute: Compute | None = None) -> Scores:
+               compute: Compute | None = None, weights: dict[str, Any] | None = None,
+               compute_precision: str | None = None) -> Scores:
     """Score a pool into ``RUN_DIR/scores.parquet``, resuming from the shards already cached.
 
     ``compute`` is the engine that scores the shards the cache lacks: by default this
     process (:func:`compute_local`); :class:`igds.ray_engine.RayCompute` on Ray. Both
-    fill the same cache, so either resumes the other."""
+    fill the same cache, so either resumes the other. The cache key takes ``weights``
+    (:func:`igds.inputs.weights_fingerprint`) and ``compute_precision``, the
+    :func:`igds.inputs.precision` the engine computes in (default: ``lm``'s own)."""
+    compute_precision = compute_precision or precision(lm.device, lm.dtype)
     key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit,
-                          str(lm.dtype).replace("torch.", ""), split)
-    store = ShardStore(run_dir, key, cfg.shard_size)
+                          compute_precision, split, weights)
+    total = count_records(pool_source)
+    store = ShardStore(run_dir, key, cfg.shard_size, total if limit is None or total is None else min(total, limit))
     if compute is None:
         compute = partial(compute_local, scorer=FeatureScorer(lm, saes, features, cfg, use_chat_template))
     rejects = Rejects()
     stream = iter_examples(pool_source, spec, split=split, skip_bad=skip_bad, rejects=rejects)
     if limit is not None:
         stream = (ex for i, ex in zip(range(limit), stream))
+    log.info("scoring %s into %s (%s)", pool_source, store.dir, compute_precision)
     compute(store.pending(stream), store)
     if store.n_shards == 0:
         raise ValueError(f"{pool_source}: the pool has no usable examples")
-    return store.assemble(cfg, features, rejects)
+    log.info("scores: %d shards, %d scored by this run, %d reused from %s", store.n_shards, store.n_computed,
+             store.n_shards - store.n_computed, store.dir)
+    return store.assemble(cfg, features, rejects, pool_source)
 
 
 def feature_activations(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, examples: Sequence[Example],

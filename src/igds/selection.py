@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -78,3 +78,21 @@ def select_indices(table: pa.Table, ratio: float | None = None, budget: int | No
     key = np.where(np.isnan(scores), -np.inf, scores)
     order = np.lexsort((index, -key))  # score descending, then index ascending
     return [int(index[i]) for i in order[:k]]
+
+
+def check_pool_ids(table: pa.Table, pool_ids: Iterable[str], table_path: str | Path, pool_source: str) -> None:
+    """Refuse a score table that is not the pool's, row by row: row ``index`` = i must carry the
+    id of the pool's i-th record, and the table must cover every record (and no more)."""
+    expected = dict(zip(table.column("index").to_pylist(), (str(i) for i in table.column("id").to_pylist())))
+    fix = "re-score the pool (`igds score` / `igds run`) or give the score table made from this pool"
+    n = 0
+    for i, pool_id in enumerate(pool_ids):
+        if i not in expected:
+            raise ValueError(f"{table_path}: has no row for index {i} (id {pool_id!r} in {pool_source}): "
+                             f"the pool has more records than the table; {fix}")
+        if expected[i] != pool_id:
+            raise ValueError(f"{table_path}: row index {i} has id {expected[i]!r} but record {i} of {pool_source} "
+                             f"has id {pool_id!r}: the table does not match the pool; {fix}")
+        n = i + 1
+    if n != len(expected):
+        raise ValueError(f"{table_path}: has {len(expected)} rows but {pool_source} has {n} records; {fix}")
