@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray")
 from igds.cli import main  # noqa: E402
 from igds.config import load_config  # noqa: E402
 from igds.engines import score_features  # noqa: E402
+from igds.feature_set import Candidate  # noqa: E402
 from igds.features import FeatureSet  # noqa: E402
 from igds.inputs import data_spec, load_saes  # noqa: E402
 from igds.model import load_model  # noqa: E402
@@ -175,7 +176,7 @@ def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path
     cfg = load_config(overrides={"model.name": setup["model"], "sae.paths": [str(tmp_path / "nan_sae")],
                                  "pool.path": setup["pool"], "score.shard_size": 8, "score.ray_cpus_per_actor": 0.5,
                                  "score.engine": "ray"})
-    fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 1.0}], validated=["L1/F5"])
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=1.0)], validated=["L1/F5"])
     lm = load_model(setup["model"], "cpu")
     with pytest.raises(FloatingPointError, match=r"pool\.jsonl:(\d+): non-finite feature activations for example 'p\d+'"):
         score_features(cfg, lm, load_saes(cfg, lm), fs, tmp_path / "run")

@@ -53,7 +53,7 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     path = run_dir / "features.json"
     if path.exists():
         cached = FeatureSet.load(path)
-        if cached.info.get("cache_key") == key:
+        if cached.info.cache_key == key:
             print(f"features: reusing {path}")
             return cached
     tok = lm.tokenizer
@@ -69,10 +69,10 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     started = time.time()
     fs = find_task_features(lm, saes, toks(probe), toks(reference), toks(val), cfg.recall, cfg.filter,
                             seed=cfg.seed, stats_path=run_dir / "feature_stats.parquet")
-    fs.info.update({"cache_key": key, "seconds": round(time.time() - started, 2),
-                    "task_source": sources["task"], "reference_source": sources["reference"]})
-    fs.info["probe"]["source"] = sources["task"]
-    fs.info["reference"]["source"] = sources["reference"]
+    fs.info.cache_key, fs.info.seconds = key, round(time.time() - started, 2)
+    fs.info.task_source, fs.info.reference_source = sources["task"], sources["reference"]
+    fs.info.probe.source = sources["task"]
+    fs.info.reference.source = sources["reference"]
     fs.save(path)
     return fs
 
