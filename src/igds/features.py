@@ -20,6 +20,9 @@ loss of the reference answers is compared with the unedited model, example by
 example. ``delta = loss_base - loss_amplified`` (positive = helps). A candidate is
 kept when ``mean(delta) - z * se(delta) > min_delta`` (paired, over examples), the
 strongest ``max_features`` first. Every candidate's effect is recorded.
+
+The result, a :class:`~igds.feature_set.FeatureSet` of typed candidates, and the schema
+of ``features.json`` live in :mod:`igds.feature_set`.
 """
 
 from __future__ import annotations
