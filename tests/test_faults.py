@@ -18,6 +18,7 @@ import torch
 
 from igds.config import ScoreConfig
 from igds.data import DataSpec, load_examples, tokenize_example
+from igds.feature_set import Candidate
 from igds.features import FeatureSet
 from igds.model import load_model
 from igds.sae import SAE
@@ -80,7 +81,7 @@ def test_nan_in_sae_weights_names_file_line_and_id(tiny_lm, tmp_path):
     with torch.no_grad():
         sae.W_enc[3, 5] = float("nan")
     rows = _write_pool(tmp_path / "pool.jsonl", 6, words=1)
-    fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 1.0}], validated=["L1/F5"])
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=1.0)], validated=["L1/F5"])
     with pytest.raises(FloatingPointError) as err:
         score_pool(tiny_lm, {1: sae}, fs, str(tmp_path / "pool.jsonl"), DataSpec(), ScoreConfig(), tmp_path / "run")
     msg = str(err.value)

@@ -1,7 +1,11 @@
+import json
+
 import torch
 
 from igds.config import FilterConfig, RecallConfig
-from igds.features import FeatureSet, choose_validated, find_task_features, firing_stats, recall_candidates
+from igds.feature_set import Candidate
+from igds.features import (FeatureSet, choose_validated, find_task_features, firing_stats, intervention_effects,
+                            recall_candidates)
 
 from planted import blank_sae, example, plant_always_on, plant_detector, tokenized
 
@@ -25,7 +29,7 @@ def test_recall_finds_planted_task_feature_not_always_on(tiny_lm):
     assert t_stats[1].freq[2] == 1.0 and r_stats[1].freq[2] == 1.0  # the always-on feature does fire
     assert t_stats[1].freq[5] > 5 * r_stats[1].freq[5]
     cands, table = recall_candidates(t_stats, r_stats, RecallConfig(n_candidates=4))
-    keys = [c["key"] for c in cands]
+    keys = [c.key for c in cands]
     assert keys[0] == "L1/F5"
     assert "L1/F2" not in keys
     assert table.num_rows == sae.d_sae
@@ -54,16 +58,15 @@ def test_filter_keeps_helpful_and_drops_harmful(tiny_lm):
     probe = tokenized(tiny_lm, [example(i, f"probe {i}", answer) for i in range(6)])
     ref = tokenized(tiny_lm, [example(i, f"reference {i}", "fine") for i in range(6)])
     # The planted features fire everywhere, so recall would drop them; test the filter directly.
-    cands = [{"key": f"L{layer}/F{j}", "layer": layer, "feature": j} for j in (0, 1)]
-    from igds.features import intervention_effects
+    cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in (0, 1)]
     cfg = FilterConfig(alpha=3.0, fallback_top=0)
     intervention_effects(tiny_lm, {layer: sae}, cands, val, cfg)
     helpful, harmful = cands
-    assert helpful["effect"]["mean_delta"] > 0 > harmful["effect"]["mean_delta"]
-    assert helpful["effect"]["n"] == 10 and len(helpful["effect"]["per_example"]) == 10
+    assert helpful.effect.mean_delta > 0 > harmful.effect.mean_delta
+    assert helpful.effect.n == 10 and len(helpful.effect.per_example) == 10
     validated, warnings = choose_validated(cands, cfg)
     assert validated == [f"L{layer}/F0"] and not warnings
-    assert helpful["validated"] and not harmful["validated"]
+    assert helpful.validated and not harmful.validated
     del probe, ref
 
 
@@ -73,16 +76,24 @@ def test_find_task_features_end_to_end_and_json_round_trip(tiny_lm, tmp_path):
     ref = tokenized(tiny_lm, [example(i, t, "fine") for i, t in enumerate(REF)])
     fs = find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3),
                             FilterConfig(z=0.0, fallback_top=3), stats_path=tmp_path / "stats.parquet")
-    assert fs.candidates[0]["key"] == "L1/F5"
-    assert all("effect" in c for c in fs.candidates)
-    assert fs.validated and all(c["scale"] > 0 for c in fs.validated_features)
-    assert all(c["promoted_tokens"] for c in fs.validated_features)
+    assert fs.candidates[0].key == "L1/F5"
+    assert all(c.effect is not None for c in fs.candidates)
+    assert fs.validated and all(c.scale > 0 for c in fs.validated_features)
+    assert all(c.promoted_tokens for c in fs.validated_features)
+    assert not any(c.promoted_tokens for c in fs.candidates if not c.validated)
+    assert fs.info.probe.n_examples == 8 and fs.info.validation.n_examples == 4 and fs.info.layers == [1]
     fs.save(tmp_path / "features.json")
     again = FeatureSet.load(tmp_path / "features.json")
-    assert again.validated == fs.validated and again.candidates == fs.candidates
+    assert again == fs
+    # the file keeps its historical shape: info first, then per candidate its fields in this order
+    raw = json.loads((tmp_path / "features.json").read_text())
+    assert list(raw)[:3] == ["model", "saes", "layers"] and list(raw)[-3:] == ["candidates", "validated", "warnings"]
+    assert list(raw["candidates"][0]) == ["key", "layer", "feature", "task_freq", "ref_freq", "task_example_freq",
+                                          "task_mean_act", "ref_mean_act", "enrichment", "recall_score", "recall_rank",
+                                          "effect", "validated", "scale"] + (["promoted_tokens"] * raw["candidates"][0]["validated"])
 
 
 def test_filter_disabled_keeps_every_candidate():
-    cands = [{"key": "L1/F1"}, {"key": "L1/F2"}]
+    cands = [Candidate("L1/F1", 1, 1), Candidate("L1/F2", 1, 2)]
     validated, _ = choose_validated(cands, FilterConfig(enabled=False))
-    assert validated == ["L1/F1", "L1/F2"]
+    assert validated == ["L1/F1", "L1/F2"] and all(c.validated for c in cands)

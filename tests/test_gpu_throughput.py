@@ -49,7 +49,7 @@ def test_benchmarked_scoring_equals_a_direct_computation(shape):
     assert len({len(t.ids) for t in toks}) > 1  # several lengths: padding and bucketing are exercised
     scorer, examples = gt.make_scorer(lm, sae, layer, toks, 6, batch_tokens=128)
     acts = scorer.activations(examples)["acts"]
-    feats = [c["feature"] for c in scorer.features]
+    feats = [c.feature for c in scorer.features]
     with torch.no_grad():
         for i, t in enumerate(toks):
             h = lm.model(torch.tensor([t.ids]), output_hidden_states=True).hidden_states[layer + 1][0]

@@ -5,7 +5,8 @@ import torch
 
 from igds.activations import pad
 from igds.finetune import ResponseOnlyLoss
-from igds.losses import masked_losses, pad_id, postprocess_logits, target_mask
+from igds.losses import masked_losses, postprocess_logits, target_mask
+from igds.model import pad_id
 
 from oracles import sequence_losses
 from planted import example, tokenized

@@ -9,6 +9,7 @@ actor's CPUs), which can reorder float32 reductions; scores and feature columns 
 compared to rtol 1e-5 / atol 1e-6. ids, index, n_tokens, order and schema are exact.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ ray = pytest.importorskip("ray")
 from igds.cli import main  # noqa: E402
 from igds.config import load_config  # noqa: E402
 from igds.engines import score_features  # noqa: E402
+from igds.feature_set import Candidate  # noqa: E402
 from igds.features import FeatureSet  # noqa: E402
 from igds.inputs import data_spec, load_saes  # noqa: E402
 from igds.model import load_model  # noqa: E402
@@ -169,14 +171,15 @@ def test_a_shard_that_kills_every_worker_stops_after_the_retry_bound(setup, tmp_
 def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path):
     # NaN weights in a block below the SAE's layer: the residual stream the workers read is
     # NaN (an SAE with NaN weights is refused on load, before any worker could see it)
+    nan_model = copy.deepcopy(tiny_lm.model)  # the fixture's model is shared with other tests
     with torch.no_grad():
-        tiny_lm.model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    tiny_lm.model.save_pretrained(tmp_path / "nan_model")
+        nan_model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    nan_model.save_pretrained(tmp_path / "nan_model")
     tiny_lm.tokenizer.save_pretrained(tmp_path / "nan_model")
     cfg = load_config(overrides={"model.name": str(tmp_path / "nan_model"), "sae.paths": [setup["sae"]],
                                  "pool.path": setup["pool"], "score.shard_size": 8, "score.ray_cpus_per_actor": 0.5,
                                  "score.engine": "ray"})
-    fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 1.0}], validated=["L1/F5"])
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=1.0)], validated=["L1/F5"])
     lm = load_model(cfg.model.name, "cpu")
     with pytest.raises(FloatingPointError, match=r"pool\.jsonl:(\d+): non-finite feature activations for example 'p\d+'"):
         score_features(cfg, lm, load_saes(cfg, lm), fs, tmp_path / "run")

@@ -226,8 +226,14 @@ def test_report_without_matplotlib_is_written_with_a_note(run_dir: Path, monkeyp
 
 @pytest.mark.parametrize("name,content,expect", [
     ("features.json", '{"candidates": [\n  {"key": "L3/F1", "layer": 3}\n', r"features\.json:3: malformed JSON"),
-    ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3, "feature": 1, "task_freq": "high"}]}',
+    ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3, "feature": 1, "task_freq": "high"}], '
+                      '"validated": []}',
      r"features\.json: candidates\[0\] \(L3/F1\): field 'task_freq': expected a number"),
+    ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3}], "validated": []}',
+     r"features\.json: candidates\[0\] \(L3/F1\): field 'feature' is missing"),
+    ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3, "feature": 1, "effect": {"n": 4}}], '
+                      '"validated": []}',
+     r"features\.json: candidates\[0\] \(L3/F1\)\.effect: field 'metric' is missing"),
     ("top_examples.json", '{"L3/F17": [{"tokens": ["a", "b"], "acts": [1.0]}]}',
      r"top_examples\.json: 'L3/F17'\[0\]: 2 tokens but 1 activations"),
     ("features.json", '{"candidates": [{"key": "L3/F1", "layer": 3, "feature": 1}], "validated": ["L3/F9"]}',

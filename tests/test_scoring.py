@@ -7,6 +7,7 @@ import pytest
 
 from igds.config import ScoreConfig
 from igds.data import DataSpec
+from igds.feature_set import Candidate
 from igds.features import FeatureSet
 from igds.scoring import FeatureScorer, ScoreSummary, compute_local, score_pool
 from igds.selection import select_indices
@@ -22,7 +23,7 @@ def planted(tiny_lm):
     sae = blank_sae(tiny_lm, 1)
     plant_detector(tiny_lm, sae, 5, 1, ON, OFF, "7")
     plant_always_on(sae, 2)
-    fs = FeatureSet(candidates=[{"key": "L1/F5", "layer": 1, "feature": 5, "scale": 0.5, "validated": True}],
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=0.5, validated=True)],
                     validated=["L1/F5"])
     return {1: sae}, fs
 

@@ -27,16 +27,17 @@ from typing import Iterator, Sequence
 import torch
 
 from .data import TokenizedExample
-from .model import LoadedModel
+from .model import LoadedModel, pad_id
 
 POSITIONS = ("all", "prompt", "response")
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised from the deepest hook to skip the rest of the network."""
 
 
-def _hidden(output: object) -> torch.Tensor:
+def block_hidden(output: object) -> torch.Tensor:
+    """The residual stream in a decoder block's output (a tensor, or a tuple that starts with it)."""
     return output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[index]
 
 
@@ -51,9 +52,9 @@ def capture(lm: LoadedModel, layers: Sequence[int], stop: bool = True) -> Iterat
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            store[layer] = _hidden(output)
+            store[layer] = block_hidden(output)
             if stop and layer == deepest:
-                raise _StopForward
+                raise StopForward
         return hook
 
     blocks = lm.blocks
@@ -84,7 +85,7 @@ def residuals(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Te
         try:
             lm.model(input_ids=to_device(input_ids, lm.device), attention_mask=to_device(attention_mask, lm.device),
                      use_cache=False)
-        except _StopForward:
+        except StopForward:
             pass
     return dict(store)
 
@@ -158,13 +159,13 @@ def iter_activation_batches(lm: LoadedModel, examples: Sequence[TokenizedExample
     Yields as soon as the forward is queued: on CUDA the residuals may still be being
     computed, and reading them on the host (``.cpu()``, ``float(...)``) is what waits."""
     tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    fill = pad_id(tok)
     special = list(getattr(tok, "all_special_ids", []) or []) if exclude_special else []
     if batches is None:
         batches = length_batches([len(e.ids) for e in examples], max_tokens, max_batch)
     for idx in batches:
         group = [examples[i] for i in idx]
-        ids, mask = pad(group, pad_id)
+        ids, mask = pad(group, fill)
         counted = count_mask(group, ids.shape[1], positions, exclude_first, special, ids)
         resid = residuals(lm, ids, mask, layers)
         yield ActivationBatch(idx, ids, mask, to_device(counted, lm.device), resid)

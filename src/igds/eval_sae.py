@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .activations import _hidden, count_mask, length_batches, pad, residuals
+from .activations import block_hidden, count_mask, length_batches, pad, residuals
 from .data import Example, TokenizedExample, tokenize_example
-from .losses import pad_id, token_ce
-from .model import load_model
+from .losses import token_ce
+from .model import load_model, pad_id
 from .sae import SAE, check_compatible, load_sae
 from .train_sae import TrainSAEConfig, _source_texts, parse_source
 
@@ -53,7 +53,7 @@ def _splice(block: torch.nn.Module, positions: torch.Tensor, values: torch.Tenso
     """Replace the block output at ``positions`` (B, S bool) by ``values`` (n, d)."""
 
     def hook(_module: Any, _args: Any, output: Any) -> Any:
-        h = _hidden(output)
+        h = block_hidden(output)
         new = h.clone()
         new[positions] = values.to(new.dtype)
         if isinstance(output, tuple):

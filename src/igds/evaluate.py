@@ -25,9 +25,9 @@ import torch
 
 from .activations import length_batches, pad
 from .data import Example, TokenizedExample, tokenize_example
-from .losses import masked_losses, pad_id, target_mask
+from .losses import masked_losses, target_mask
 from .metrics import GENERATION_METRICS, score_predictions
-from .model import LoadedModel
+from .model import LoadedModel, pad_id
 from .tasks import Task
 
 

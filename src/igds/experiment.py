@@ -488,7 +488,7 @@ class Experiment:
         if not self.cfg.amplification.enabled:
             return None
         fs = self.features()
-        return [(c["key"], c.get("scale")) for c in fs.validated_features] if fs is not None else None
+        return [(c.key, c.scale) for c in fs.validated_features] if fs is not None else None
 
     def evaluate(self, lm: LoadedModel, out_dir: Path) -> dict[str, dict[str, float]]:
         """Metrics per eval file; per-example records to ``out_dir/predictions/<eval>.jsonl``."""

@@ -20,13 +20,16 @@ loss of the reference answers is compared with the unedited model, example by
 example. ``delta = loss_base - loss_amplified`` (positive = helps). A candidate is
 kept when ``mean(delta) - z * se(delta) > min_delta`` (paired, over examples), the
 strongest ``max_features`` first. Every candidate's effect is recorded.
+
+The result, a :class:`~igds.feature_set.FeatureSet` of typed candidates, and the schema
+of ``features.json`` live in :mod:`igds.feature_set`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,18 +38,15 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from .activations import iter_activation_batches, length_batches, pad, count_mask
-from .artifacts import atomic_write_json, atomic_write_parquet, read_json
+from .activations import count_mask, iter_activation_batches, length_batches, pad
+from .artifacts import atomic_write_parquet
 from .config import FilterConfig, RecallConfig
 from .data import TokenizedExample
+from .feature_set import Candidate, Effect, FeatureInfo, FeatureSet, SampleInfo, feature_key
 from .intervention import feature_effects
 from .losses import target_mask
-from .model import LoadedModel
+from .model import LoadedModel, pad_id
 from .sae import SAE
-
-
-def feature_key(layer: int, feature: int) -> str:
-    return f"L{layer}/F{feature}"
 
 
 @dataclass
@@ -96,9 +96,9 @@ def firing_stats(lm: LoadedModel, saes: dict[int, SAE], examples: Sequence[Token
 
 
 def recall_candidates(task: dict[int, FeatureStats], ref: dict[int, FeatureStats], cfg: RecallConfig,
-                      ) -> tuple[list[dict[str, Any]], pa.Table]:
+                      ) -> tuple[list[Candidate], pa.Table]:
     """Rank features by the recall rule; return the top candidates and a table of all features."""
-    rows: list[dict[str, Any]] = []
+    rows: list[Candidate] = []
     columns: dict[str, list[Any]] = {k: [] for k in ("layer", "feature", "task_freq", "ref_freq",
                                                        "task_example_freq", "task_mean_act", "ref_mean_act",
                                                        "enrichment", "recall_score")}
@@ -118,52 +118,51 @@ def recall_candidates(task: dict[int, FeatureStats], ref: dict[int, FeatureStats
                              ("enrichment", enrich), ("recall_score", np.where(eligible, score, np.nan))):
             columns[name].extend(values.tolist())
         for j in np.flatnonzero(eligible):
-            rows.append({"key": feature_key(layer, int(j)), "layer": layer, "feature": int(j),
-                         "task_freq": float(p_t[j]), "ref_freq": float(p_r[j]),
-                         "task_example_freq": float(t.example_freq[j]),
-                         "task_mean_act": float(a_t[j]), "ref_mean_act": float(r.mean_active[j]),
-                         "enrichment": float(enrich[j]), "recall_score": float(score[j])})
-    rows.sort(key=lambda c: (-c["recall_score"], c["layer"], c["feature"]))
+            rows.append(Candidate(feature_key(layer, int(j)), layer, int(j),
+                                  task_freq=float(p_t[j]), ref_freq=float(p_r[j]),
+                                  task_example_freq=float(t.example_freq[j]),
+                                  task_mean_act=float(a_t[j]), ref_mean_act=float(r.mean_active[j]),
+                                  enrichment=float(enrich[j]), recall_score=float(score[j])))
+    rows.sort(key=lambda c: (-c.recall_score, c.layer, c.feature))
     rows = rows[: cfg.n_candidates]
     for rank, row in enumerate(rows, start=1):
-        row["recall_rank"] = rank
+        row.recall_rank = rank
     table = pa.table({"layer": pa.array(columns["layer"], pa.int32()), "feature": pa.array(columns["feature"], pa.int32()),
                       **{k: pa.array(v, pa.float32()) for k, v in columns.items() if k not in ("layer", "feature")}})
     return rows, table
 
 
-def random_candidates(task: dict[int, FeatureStats], n: int, seed: int) -> list[dict[str, Any]]:
+def random_candidates(task: dict[int, FeatureStats], n: int, seed: int) -> list[Candidate]:
     """Ablation "no recall": ``n`` random features among those that fire at all on the task."""
     pool = [(L, int(j)) for L, t in task.items() for j in np.flatnonzero(t.token_count > 0)]
     picked = random.Random(seed).sample(pool, min(n, len(pool)))
     out = []
     for rank, (L, j) in enumerate(sorted(picked), start=1):
         t = task[L]
-        out.append({"key": feature_key(L, j), "layer": L, "feature": j, "task_freq": float(t.freq[j]),
-                    "task_example_freq": float(t.example_freq[j]), "task_mean_act": float(t.mean_active[j]),
-                    "recall_rank": rank, "random_candidate": True})
+        out.append(Candidate(feature_key(L, j), L, j, task_freq=float(t.freq[j]),
+                             task_example_freq=float(t.example_freq[j]), task_mean_act=float(t.mean_active[j]),
+                             recall_rank=rank, random_candidate=True))
     return out
 
 
-def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[dict[str, Any]],
+def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
                          validation: Sequence[TokenizedExample], cfg: FilterConfig,
                          batch_tokens: int = 4096, batch_size: int = 16) -> None:
-    """Fill ``candidate["effect"]`` with the per-example loss change under amplification."""
-    tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    by_layer: dict[int, list[dict[str, Any]]] = {}
+    """Fill each candidate's ``effect`` with the per-example loss change under amplification."""
+    fill = pad_id(lm.tokenizer)
+    by_layer: dict[int, list[Candidate]] = {}
     for c in candidates:
-        by_layer.setdefault(c["layer"], []).append(c)
-    deltas = {c["key"]: np.full(len(validation), np.nan) for c in candidates}
+        by_layer.setdefault(c.layer, []).append(c)
+    deltas = {c.key: np.full(len(validation), np.nan) for c in candidates}
     base_all = np.full(len(validation), np.nan)
     batches = length_batches([len(e.ids) for e in validation], batch_tokens, batch_size)
     total = sum(len(b) for b in batches) * len(by_layer)
     bar = tqdm(total=total, desc="causal filter", unit="ex", leave=False)
     for layer, group in by_layer.items():
-        feats = [c["feature"] for c in group]
+        feats = [c.feature for c in group]
         for idx in batches:
             exs = [validation[i] for i in idx]
-            ids, mask = pad(exs, pad_id)
+            ids, mask = pad(exs, fill)
             tgt = target_mask(exs, ids.shape[1], "response")
             edit = count_mask(exs, ids.shape[1], cfg.positions)
             base, amp = feature_effects(lm, saes[layer], layer, feats, ids, mask, tgt, edit, cfg.alpha,
@@ -171,49 +170,51 @@ def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list
             base_np, amp_np = base.cpu().numpy(), amp.cpu().numpy()
             base_all[idx] = base_np
             for k, c in enumerate(group):
-                deltas[c["key"]][idx] = base_np - amp_np[k]
+                deltas[c.key][idx] = base_np - amp_np[k]
             bar.update(len(idx))
     bar.close()
     for c in candidates:
-        d = deltas[c["key"]]
+        d = deltas[c.key]
         d = d[~np.isnan(d)]
         n = len(d)
         mean = float(d.mean()) if n else float("nan")
         se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        c["effect"] = {"metric": "ref_loss", "alpha": cfg.alpha, "n": n, "mean_delta": mean, "se": se,
-                       "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se,
-                       "base_loss": float(np.nanmean(base_all)),
-                       "per_example": [round(float(x), 6) for x in d]}
+        c.effect = Effect("ref_loss", cfg.alpha, n, mean, se, mean - 1.96 * se, mean + 1.96 * se,
+                          base_loss=float(np.nanmean(base_all)), per_example=[round(float(x), 6) for x in d])
 
 
-def choose_validated(candidates: list[dict[str, Any]], cfg: FilterConfig) -> tuple[list[str], list[str]]:
+def choose_validated(candidates: list[Candidate], cfg: FilterConfig) -> tuple[list[str], list[str]]:
     """Apply the keep rule; returns (validated keys, warnings)."""
     warnings: list[str] = []
     if not cfg.enabled:
         for c in candidates:
-            c["validated"] = True
-        return [c["key"] for c in candidates], warnings
+            c.validated = True
+        return [c.key for c in candidates], warnings
 
-    def lower(c: dict[str, Any]) -> float:
-        e = c["effect"]
-        return e["mean_delta"] - cfg.z * (e["se"] if not math.isnan(e["se"]) else 0.0)
+    def effect(c: Candidate) -> Effect:
+        assert c.effect is not None, "intervention_effects runs before the keep rule"
+        return c.effect
 
-    passing = sorted((c for c in candidates if lower(c) > cfg.min_delta), key=lambda c: (-lower(c), c["key"]))
+    def lower(c: Candidate) -> float:
+        e = effect(c)
+        return e.mean_delta - cfg.z * (e.se if not math.isnan(e.se) else 0.0)
+
+    passing = sorted((c for c in candidates if lower(c) > cfg.min_delta), key=lambda c: (-lower(c), c.key))
     if cfg.max_features is not None:
         passing = passing[: cfg.max_features]
     if not passing and cfg.fallback_top > 0:
-        positive = sorted((c for c in candidates if c["effect"]["mean_delta"] > 0),
-                          key=lambda c: (-c["effect"]["mean_delta"], c["key"]))
+        positive = sorted((c for c in candidates if effect(c).mean_delta > 0),
+                          key=lambda c: (-effect(c).mean_delta, c.key))
         passing = positive[: cfg.fallback_top]
         warnings.append(f"no candidate passed mean - {cfg.z}*se > {cfg.min_delta}; kept the {len(passing)} "
                         "with the largest positive mean effect instead")
     if not passing:
         raise RuntimeError("no candidate feature improves the task when amplified; try more probe/validation "
                            "examples, another layer or SAE, a different alpha, or filter.enabled=false")
-    keep = {c["key"] for c in passing}
+    keep = {c.key for c in passing}
     for c in candidates:
-        c["validated"] = c["key"] in keep
-    return [c["key"] for c in passing], warnings
+        c.validated = c.key in keep
+    return [c.key for c in passing], warnings
 
 
 def promoted_tokens(lm: LoadedModel, sae: SAE, feature: int, k: int = 10) -> list[list[Any]]:
@@ -226,42 +227,6 @@ def promoted_tokens(lm: LoadedModel, sae: SAE, feature: int, k: int = 10) -> lis
         logits = W_U @ d
         vals, idx = logits.topk(k)
     return [[lm.tokenizer.decode([int(i)]), round(float(v), 4)] for v, i in zip(vals, idx)]
-
-
-@dataclass
-class FeatureSet:
-    """The result of Stage 1: candidates with statistics, and the validated features."""
-
-    candidates: list[dict[str, Any]]
-    validated: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def validated_features(self) -> list[dict[str, Any]]:
-        by_key = {c["key"]: c for c in self.candidates}
-        return [by_key[k] for k in self.validated]
-
-    def by_layer(self) -> dict[int, list[dict[str, Any]]]:
-        out: dict[int, list[dict[str, Any]]] = {}
-        for c in self.validated_features:
-            out.setdefault(c["layer"], []).append(c)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.info, "candidates": self.candidates, "validated": self.validated, "warnings": self.warnings}
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FeatureSet":
-        data = read_json(path)
-        for key in ("candidates", "validated"):
-            if key not in data:
-                raise ValueError(f"{path}: not a features.json (missing {key!r})")
-        info = {k: v for k, v in data.items() if k not in ("candidates", "validated", "warnings")}
-        return cls(data["candidates"], data["validated"], info, data.get("warnings", []))
 
 
 def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[TokenizedExample],
@@ -283,19 +248,19 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
         intervention_effects(lm, saes, candidates, validation, filt)
     validated, warnings = choose_validated(candidates, filt)
     for c in candidates:
-        t = task_stats[c["layer"]]
+        t = task_stats[c.layer]
         # per-feature scale used to normalise scores: mean activation per counted task token
-        c["scale"] = float(t.act_sum[c["feature"]] / max(t.n_tokens, 1)) or 1.0
-        if c["validated"]:
-            c["promoted_tokens"] = promoted_tokens(lm, saes[c["layer"]], c["feature"])
-    info = {
-        "model": lm.name,
-        "saes": [{**s.describe()} for s in saes.values()],
-        "layers": sorted(saes),
-        "probe": {"n_examples": len(probe), "n_tokens": next(iter(task_stats.values())).n_tokens},
-        "reference": {"n_examples": len(reference), "n_tokens": next(iter(ref_stats.values())).n_tokens},
-        "validation": {"n_examples": len(validation)},
-        "recall": asdict(recall),
-        "filter": asdict(filt),
-    }
+        c.scale = float(t.act_sum[c.feature] / max(t.n_tokens, 1)) or 1.0
+        if c.validated:
+            c.promoted_tokens = promoted_tokens(lm, saes[c.layer], c.feature)
+    info = FeatureInfo(
+        model=lm.name,
+        saes=[{**s.describe()} for s in saes.values()],
+        layers=sorted(saes),
+        probe=SampleInfo(len(probe), next(iter(task_stats.values())).n_tokens),
+        reference=SampleInfo(len(reference), next(iter(ref_stats.values())).n_tokens),
+        validation=SampleInfo(len(validation)),
+        recall=asdict(recall),
+        filter=asdict(filt),
+    )
     return FeatureSet(candidates, validated, info, warnings)

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .activations import _hidden, residuals
+from .activations import block_hidden, residuals
 from .losses import masked_losses
 from .model import LoadedModel
 from .sae import SAE
@@ -119,7 +119,7 @@ def _naive_losses(lm: LoadedModel, sae: SAE, layer: int, group: list[int], ids: 
     """The same edit applied by a hook inside a full forward (reference and benchmark)."""
 
     def hook(_m, _a, output):
-        h = _hidden(output)
+        h = block_hidden(output)
         rows = []
         for i, j in enumerate(group):
             sl = slice(i * batch, (i + 1) * batch)

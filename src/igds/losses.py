@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import _hidden, _StopForward
+from .activations import StopForward, block_hidden
 from .data import TokenizedExample
 from .model import LoadedModel
-
-
-def pad_id(tokenizer: Any, default: int = 0) -> int:
-    """The tokenizer's padding id, or ``default`` when it has none."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else default
 
 
 def target_mask(examples: Sequence[TokenizedExample], width: int, part: str = "response") -> torch.Tensor:
@@ -74,13 +69,13 @@ def logits_at(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Te
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _a, out):
-        store["h"] = _hidden(out)
-        raise _StopForward
+        store["h"] = block_hidden(out)
+        raise StopForward
 
     handle = _final_norm(lm).register_forward_hook(hook)
     try:
         lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         handle.remove()

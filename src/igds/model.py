@@ -17,7 +17,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,6 +103,11 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     return max(candidates, key=len)
 
 
+def pad_id(tokenizer: Any, default: int = 0) -> int:
+    """The tokenizer's padding id, or ``default`` when it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else default
+
+
 @dataclass
 class LoadedModel:
     """A causal LM, its tokenizer, and where its residual stream can be read."""
@@ -112,10 +117,15 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    _blocks: tuple[nn.Module, nn.ModuleList] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def blocks(self) -> nn.ModuleList:
-        return find_blocks(self.model)
+        # find_blocks may walk every module; cache it per model object, since ``model`` can be
+        # swapped for another (a merged adapter) after loading
+        if self._blocks is None or self._blocks[0] is not self.model:
+            self._blocks = (self.model, find_blocks(self.model))
+        return self._blocks[1]
 
     @property
     def n_layers(self) -> int:

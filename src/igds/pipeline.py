@@ -70,8 +70,13 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     path = run_dir / "features.json"
     if path.exists():
         cached = FeatureSet.load(path)
+<<<<<<< HEAD
         if cached.info.get("cache_key") == key:
             _say(f"features: reusing {path}")
+=======
+        if cached.info.cache_key == key:
+            print(f"features: reusing {path}")
+>>>>>>> typed
             return cached
         log.info("features: %s was made from other inputs (key %s, now %s); recomputing", path,
                  cached.info.get("cache_key"), key)
@@ -91,11 +96,18 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     started = time.time()
     fs = find_task_features(lm, saes, toks(probe), toks(reference), toks(val), cfg.recall, cfg.filter,
                             seed=cfg.seed, stats_path=run_dir / "feature_stats.parquet")
+<<<<<<< HEAD
     fs.info.update({"cache_key": key, "seconds": round(time.time() - started, 2),
                     "task_source": sources["task"], "reference_source": sources["reference"],
                     "rejects": rejects.rows})
     fs.info["probe"]["source"] = sources["task"]
     fs.info["reference"]["source"] = sources["reference"]
+=======
+    fs.info.cache_key, fs.info.seconds = key, round(time.time() - started, 2)
+    fs.info.task_source, fs.info.reference_source = sources["task"], sources["reference"]
+    fs.info.probe.source = sources["task"]
+    fs.info.reference.source = sources["reference"]
+>>>>>>> typed
     fs.save(path)
     for warning in fs.warnings:
         log.warning("features: %s", warning)

@@ -147,9 +147,6 @@ class SAE(nn.Module):
             torch.as_tensor(features, dtype=torch.long, device=pre.device)]
         return pre.relu() * (pre > thr)
 
-    def pre_activations(self, x: torch.Tensor, features: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        return self._pre_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], features)
-
     def encode(self, x: torch.Tensor, features: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Feature activations, all of them or only the columns ``features``."""
         return self._encode_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], features)

@@ -63,14 +63,14 @@ class FeatureScorer:
         self.features = features.validated_features
         if not self.features:
             raise ValueError("the feature set has no validated features to score with")
-        self.keys = [c["key"] for c in self.features]
-        self.layers = sorted({c["layer"] for c in self.features})
+        self.keys = [c.key for c in self.features]
+        self.layers = sorted({c.layer for c in self.features})
         missing = [L for L in self.layers if L not in saes]
         if missing:
             raise ValueError(f"validated features use layers {missing} but no SAE was loaded for them")
-        self.columns = {L: [i for i, c in enumerate(self.features) if c["layer"] == L] for L in self.layers}
-        self.ids = {L: [self.features[i]["feature"] for i in cols] for L, cols in self.columns.items()}
-        self.scale = np.array([c.get("scale", 1.0) if cfg.normalize else 1.0 for c in self.features])
+        self.columns = {L: [i for i, c in enumerate(self.features) if c.layer == L] for L in self.layers}
+        self.ids = {L: [self.features[i].feature for i in cols] for L, cols in self.columns.items()}
+        self.scale = np.array([(1.0 if c.scale is None else c.scale) if cfg.normalize else 1.0 for c in self.features])
 
     def tokenize(self, examples: Sequence[Example]) -> tuple[list[Any], int]:
         toks = [tokenize_example(self.lm.tokenizer, ex, self.cfg.max_length, self.use_chat_template)
@@ -187,7 +187,7 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
         "model": lm_name, "dtype": dtype,
         "weights": weights,
         "saes": [s.describe() for _, s in sorted(saes.items())],
-        "features": [(c["key"], c.get("scale")) for c in features.validated_features],
+        "features": [(c.key, c.scale) for c in features.validated_features],
         "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
         "chat": use_chat_template, "limit": limit, "split": split,
     })
@@ -300,8 +300,12 @@ class ShardStore:
         table = pa.concat_tables(tables)
         table = table.replace_schema_metadata({"igds": json.dumps({
             "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
+<<<<<<< HEAD
             "normalize": cfg.normalize, "features": [c["key"] for c in features.validated_features],
             "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
+=======
+            "normalize": cfg.normalize, "features": [c.key for c in features.validated_features]})})
+>>>>>>> typed
         merged = merge_tops(tops, cfg.top_examples)
         atomic_write_parquet(self.run_dir / "scores.parquet", table)
         atomic_write_json(self.run_dir / "top_examples.json", merged)

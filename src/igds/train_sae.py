@@ -61,7 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import atomic_path, atomic_write_json, stable_hash
-from .data import DataError, DataSpec, TokenizedExample, detect_dialect, iter_records, parse_record, tokenize_example
+from .data import DataError, DataSpec, TokenizedExample, detect_dialect, parse_record, tokenize_example
+from .readers import iter_records
 from .sae import SAE
 
 CHECKPOINT = "checkpoint.pt"

@@ -15,7 +15,8 @@ Inputs (all optional; a missing file degrades the section, a file that exists bu
 malformed raises :class:`ReportError` naming the file, line and field):
 
 * ``config.yaml``, ``run.json``, ``features.json``, ``feature_stats.parquet``,
-  ``scores.parquet``, ``selection.jsonl``: as in ``docs/design.md``.
+  ``scores.parquet``, ``selection.jsonl``: as in ``docs/design.md``; ``features.json`` is
+  read by :meth:`igds.feature_set.FeatureSet.load`, which owns its schema.
   From ``run.json`` the summary reads ``versions`` (dict), ``timings`` (stage -> seconds),
   ``wall_s``, ``started_at``, ``pool_size``, ``n_truncated``, ``n_rejected`` when present and
   lists every other key as it is. ``feature_stats.parquet`` needs columns ``layer``,

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..feature_set import Candidate, FeatureSet
 from .features import np_link
 from .fmt import esc, fmt, na
 from .load import RunData, column, is_num
@@ -47,16 +48,16 @@ def _act_hist(plt: Any, values: np.ndarray, key: str) -> str:
     return img(fig, f"histogram of {key} activation over the pool")
 
 
-def _card(d: RunData, c: dict[str, Any], plt: Any) -> str:
+def _card(d: RunData, fs: FeatureSet, c: Candidate, plt: Any) -> str:
     """One validated feature: statistics, promoted tokens, activation histogram and top pool examples."""
-    key = c["key"]
-    eff = c.get("effect") or {}
-    effect = (f"mean Δ <strong>{fmt(eff.get('mean_delta'), '+.3g')}</strong> ± {fmt(eff.get('se'), '.2g')}"
-              f" (n={fmt(eff.get('n'), 'd')}, α={fmt(eff.get('alpha'))})" if eff else "effect not tested")
-    stats = (f"task freq <strong>{fmt(c.get('task_freq'), '.3f')}</strong> · ref freq "
-             f"{fmt(c.get('ref_freq'), '.3f')} · enrichment {fmt(c.get('enrichment'), '.2f')} · "
-             f"{effect} · scale {fmt(c.get('scale'))}")
-    promoted = c.get("promoted_tokens")
+    key = c.key
+    eff = c.effect
+    effect = (f"mean Δ <strong>{fmt(eff.mean_delta, '+.3g')}</strong> ± {fmt(eff.se, '.2g')}"
+              f" (n={fmt(eff.n, 'd')}, α={fmt(eff.alpha)})" if eff is not None else "effect not tested")
+    stats = (f"task freq <strong>{fmt(c.task_freq, '.3f')}</strong> · ref freq "
+             f"{fmt(c.ref_freq, '.3f')} · enrichment {fmt(c.enrichment, '.2f')} · "
+             f"{effect} · scale {fmt(c.scale)}")
+    promoted = c.promoted_tokens
     if promoted:
         chips = "".join(f'<span class="chip" title="logit {v:.4g}"><code>{_visible(t)}</code>'
                         f' <small>{v:.3g}</small></span>' for t, v in promoted[:12])
@@ -89,7 +90,7 @@ def _card(d: RunData, c: dict[str, Any], plt: Any) -> str:
         more = (f"<details><summary>{len(items) - MAX_EXAMPLES_SHOWN} more examples</summary>"
                 f"{''.join(items[MAX_EXAMPLES_SHOWN:])}</details>" if len(items) > MAX_EXAMPLES_SHOWN else "")
         exs_html = shown + more
-    link = np_link(d.features or {}, c)
+    link = np_link(fs, c)
     anchor = "card-" + esc(key).replace("/", "-")
     return (f'<article class="card" id="{anchor}"><header><h3>{esc(key)}</h3>{link}</header>'
             f'<p class="stats">{stats}</p><div class="cardgrid"><div class="side">{prom}{hist}</div>'
@@ -100,12 +101,11 @@ def section_cards(d: RunData) -> str:
     """``#feature-cards``: one card per validated feature, in the order features.json lists them."""
     if d.features is None:
         return na("<code>features.json</code> not found: no validated features to show.")
-    by_key = {c["key"]: c for c in d.features.get("candidates") or []}
-    val = d.features.get("validated") or []
+    val = d.features.validated_features
     if not val:
         return na("no feature passed the interventional filter.")
     plt = pyplot()
-    cards = [_card(d, by_key.get(k, {"key": k, "layer": None, "feature": None}), plt) for k in val]
+    cards = [_card(d, d.features, c, plt) for c in val]
     return (f"<p>{len(val)} validated feature{'s' if len(val) != 1 else ''}. Token background ∝ activation "
             "(hover a token for its value).</p>" + "".join(cards))
 

@@ -8,50 +8,46 @@ from typing import Any
 
 import numpy as np
 
+from ..feature_set import Candidate, Effect, FeatureSet
 from .fmt import esc, fmt, na, td
-from .load import RunData, column, is_num
+from .load import RunData, column
 from .plots import DROPPED, KEPT, NO_MATPLOTLIB, OTHER, img, pyplot, subsample
 
 
-def np_link(feats: dict[str, Any], cand: dict[str, Any]) -> str:
+def np_link(feats: FeatureSet, cand: Candidate) -> str:
     """A link to the candidate's page on Neuronpedia when its SAE has a Neuronpedia id, else ""."""
-    for s in feats.get("saes") or []:
-        if s.get("layer") == cand.get("layer") and s.get("neuronpedia_id"):
-            url = f"https://www.neuronpedia.org/{s['neuronpedia_id']}/{int(cand['feature'])}"
+    for s in feats.info.saes or []:
+        if s.get("layer") == cand.layer and s.get("neuronpedia_id"):
+            url = f"https://www.neuronpedia.org/{s['neuronpedia_id']}/{cand.feature}"
             return f'<a href="{esc(url)}" target="_blank" rel="noopener" title="open on Neuronpedia">Neuronpedia ↗</a>'
     return ""
 
 
-def _effect_plot(plt: Any, cands: list[dict[str, Any]], validated: set[str]) -> str:
+def _effect_plot(plt: Any, cands: list[Candidate], validated: set[str]) -> str:
     """Each tested candidate's mean effect with its CI (or se), kept vs dropped."""
-    rows = [c for c in cands if isinstance(c.get("effect"), dict) and is_num(c["effect"].get("mean_delta"))
-            and math.isfinite(c["effect"]["mean_delta"])]
+    rows = [(c, c.effect) for c in cands if c.effect is not None and math.isfinite(c.effect.mean_delta)]
     if not rows:
         return na("intervention effects: no candidate has an <code>effect.mean_delta</code>.")
-    rows = sorted(rows, key=lambda c: c["effect"]["mean_delta"])
+    rows = sorted(rows, key=lambda ce: ce[1].mean_delta)
     fig, ax = plt.subplots(figsize=(6.2, max(1.8, 0.2 * len(rows) + 0.9)))
 
-    def finite(x: Any) -> bool:
-        return is_num(x) and math.isfinite(x)
+    def has_ci(eff: Effect) -> bool:
+        return math.isfinite(eff.ci_low) and math.isfinite(eff.ci_high)
 
-    def has_ci(eff: dict[str, Any]) -> bool:
-        return finite(eff.get("ci_low")) and finite(eff.get("ci_high"))
-
-    n_ci = sum(has_ci(c["effect"]) for c in rows)
-    for i, c in enumerate(rows):
-        eff = c["effect"]
-        m = eff["mean_delta"]
+    n_ci = sum(has_ci(eff) for _, eff in rows)
+    for i, (c, eff) in enumerate(rows):
+        m = eff.mean_delta
         if has_ci(eff):
-            err = [[m - eff["ci_low"]], [eff["ci_high"] - m]]
+            err = [[m - eff.ci_low], [eff.ci_high - m]]
         else:
-            se = eff.get("se") if finite(eff.get("se")) else 0.0
+            se = eff.se if math.isfinite(eff.se) else 0.0
             err = [[se], [se]]
-        col = KEPT if c["key"] in validated else DROPPED
+        col = KEPT if c.key in validated else DROPPED
         ax.errorbar([m], [i], xerr=err, fmt="o", color=col, ms=4, capsize=2, lw=1)
     ax.axvline(0, color="#555", lw=0.8)
-    ax.set_yticks(range(len(rows)), [c["key"] for c in rows], fontsize=7 if len(rows) > 25 else 8)
+    ax.set_yticks(range(len(rows)), [c.key for c, _ in rows], fontsize=7 if len(rows) > 25 else 8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    metric = rows[0]["effect"].get("metric", "loss")
+    metric = rows[0][1].metric
     ax.set_xlabel(f"mean Δ {metric} under amplification (base − amplified; > 0 helps)")
     bars = "95% CI" if n_ci == len(rows) else "± 1 se" if n_ci == 0 else "95% CI, else ± 1 se"
     ax.set_title(f"Intervention effect ({bars})")
@@ -63,7 +59,7 @@ def _effect_plot(plt: Any, cands: list[dict[str, Any]], validated: set[str]) -> 
     return img(fig, "intervention effect per candidate feature")
 
 
-def _freq_scatter(plt: Any, d: RunData, cands: list[dict[str, Any]], validated: set[str]) -> str:
+def _freq_scatter(plt: Any, d: RunData, cands: list[Candidate], validated: set[str]) -> str:
     """Task vs reference frequency of every SAE feature, candidates and validated ones on top."""
     if d.stats is None:
         return na("recall scatter: <code>feature_stats.parquet</code> not found.")
@@ -72,13 +68,13 @@ def _freq_scatter(plt: Any, d: RunData, cands: list[dict[str, Any]], validated: 
     idx = subsample(len(tf), 100000)
     ax.scatter(rf[idx], tf[idx], s=3, color=OTHER, alpha=0.5, lw=0, rasterized=True,
                label=f"all features ({len(tf):,})")
-    c_other = [c for c in cands if c["key"] not in validated]
-    c_val = [c for c in cands if c["key"] in validated]
+    c_other = [c for c in cands if c.key not in validated]
+    c_val = [c for c in cands if c.key in validated]
     if c_other:
-        ax.scatter([c.get("ref_freq") or 0 for c in c_other], [c.get("task_freq") or 0 for c in c_other], s=18,
+        ax.scatter([c.ref_freq or 0 for c in c_other], [c.task_freq or 0 for c in c_other], s=18,
                    color=DROPPED, edgecolor="white", lw=0.5, label=f"candidates, dropped ({len(c_other)})")
     if c_val:
-        ax.scatter([c.get("ref_freq") or 0 for c in c_val], [c.get("task_freq") or 0 for c in c_val], s=26,
+        ax.scatter([c.ref_freq or 0 for c in c_val], [c.task_freq or 0 for c in c_val], s=26,
                    color=KEPT, edgecolor="white", lw=0.5, label=f"validated ({len(c_val)})")
     hi = max(1e-6, float(np.nanmax(np.concatenate([tf, rf]))) if len(tf) else 1.0)
     ax.plot([0, hi], [0, hi], ls="--", color="#888", lw=0.8)
@@ -89,13 +85,13 @@ def _freq_scatter(plt: Any, d: RunData, cands: list[dict[str, Any]], validated: 
     return img(fig, "task frequency vs reference frequency of every SAE feature")
 
 
-def _layer_plot(plt: Any, cands: list[dict[str, Any]], validated: set[str]) -> str:
+def _layer_plot(plt: Any, cands: list[Candidate], validated: set[str]) -> str:
     """Candidates and validated features per layer."""
-    layers = sorted({int(c["layer"]) for c in cands})
+    layers = sorted({c.layer for c in cands})
     if not layers:
         return ""
-    n_c = [sum(1 for c in cands if int(c["layer"]) == L) for L in layers]
-    n_v = [sum(1 for c in cands if int(c["layer"]) == L and c["key"] in validated) for L in layers]
+    n_c = [sum(1 for c in cands if c.layer == L) for L in layers]
+    n_v = [sum(1 for c in cands if c.layer == L and c.key in validated) for L in layers]
     fig, ax = plt.subplots(figsize=(max(2.6, 0.55 * len(layers) + 1.6), 2.6))
     x = np.arange(len(layers))
     ax.bar(x, n_c, color=OTHER, label="candidates", width=0.7)
@@ -115,8 +111,8 @@ def section_features(d: RunData) -> str:
     if d.features is None:
         return na("<code>features.json</code> not found: no recall or intervention statistics.")
     f = d.features
-    cands = f.get("candidates") or []
-    validated = set(f.get("validated") or [])
+    cands = f.candidates
+    validated = set(f.validated)
     plt = pyplot()
     if not cands:
         scatter = _freq_scatter(plt, d, [], validated) if plt is not None else NO_MATPLOTLIB
@@ -127,26 +123,26 @@ def section_features(d: RunData) -> str:
             "<th>± se</th><th>95% CI</th><th>n</th><th>status</th><th>link</th></tr>")
     body = []
     for c in cands:
-        eff = c.get("effect") or {}
-        kept = c["key"] in validated
-        ci = (f"[{fmt(eff.get('ci_low'), '+.2g')}, {fmt(eff.get('ci_high'), '+.2g')}]"
-              if is_num(eff.get("ci_low")) and math.isfinite(eff["ci_low"]) else "—")
+        eff = c.effect
+        kept = c.key in validated
+        ci = (f"[{fmt(eff.ci_low, '+.2g')}, {fmt(eff.ci_high, '+.2g')}]"
+              if eff is not None and math.isfinite(eff.ci_low) else "—")
         status = ('<td data-v="1"><span class="pill kept">kept</span></td>' if kept else
                   '<td data-v="0"><span class="pill dropped">dropped</span></td>')
-        anchor = f'<a href="#card-{esc(c["key"]).replace("/", "-")}">{esc(c["key"])}</a>' if kept else esc(c["key"])
-        body.append(f"<tr><td data-v='{esc(c['key'])}'>{anchor}</td>{td(c.get('layer'), 'd')}"
-                    f"{td(c.get('task_freq'), '.3f')}{td(c.get('ref_freq'), '.3f')}{td(c.get('enrichment'), '.2f')}"
-                    f"{td(c.get('task_mean_act'), '.3g')}{td(c.get('recall_rank'), 'd')}"
-                    f"{td(eff.get('mean_delta'), '+.3g')}{td(eff.get('se'), '.2g')}"
-                    f"<td class='num'>{ci}</td>{td(eff.get('n'), 'd')}{status}<td>{np_link(f, c)}</td></tr>")
+        anchor = f'<a href="#card-{esc(c.key).replace("/", "-")}">{esc(c.key)}</a>' if kept else esc(c.key)
+        body.append(f"<tr><td data-v='{esc(c.key)}'>{anchor}</td>{td(c.layer, 'd')}"
+                    f"{td(c.task_freq, '.3f')}{td(c.ref_freq, '.3f')}{td(c.enrichment, '.2f')}"
+                    f"{td(c.task_mean_act, '.3g')}{td(c.recall_rank, 'd')}"
+                    f"{td(eff and eff.mean_delta, '+.3g')}{td(eff and eff.se, '.2g')}"
+                    f"<td class='num'>{ci}</td>{td(eff and eff.n, 'd')}{status}<td>{np_link(f, c)}</td></tr>")
     table = (f'<div class="scroll"><table class="sortable" id="candidates-table"><thead>{head}</thead>'
              f'<tbody>{"".join(body)}</tbody></table></div>')
     cfg_bits = []
-    for name in ("recall", "filter"):
-        if isinstance(f.get(name), dict):
+    for name, settings in (("recall", f.info.recall), ("filter", f.info.filter)):
+        if settings is not None:
             cfg_bits.append(f"<details><summary>{name} settings</summary><pre>"
-                            f"{esc(json.dumps(f[name], indent=2, ensure_ascii=False))}</pre></details>")
-    tested = any(isinstance(c.get("effect"), dict) for c in cands)
+                            f"{esc(json.dumps(settings, indent=2, ensure_ascii=False))}</pre></details>")
+    tested = any(c.effect is not None for c in cands)
     how = ("kept after amplification changed the task metric for the better" if tested else
            "kept without an interventional test (the causal filter was off)")
     intro = (f"<p>{len(cands)} feature{'s' if len(cands) != 1 else ''} recalled by frequency on the task probe vs "

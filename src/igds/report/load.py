@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ..data import iter_records
+from ..feature_set import FeatureSet, is_num
+from ..readers import iter_records
 from ..selection import read_score_table
 
 
@@ -33,7 +34,7 @@ class RunData:
     config: dict[str, Any] | None = None
     config_text: str | None = None
     run: dict[str, Any] | None = None
-    features: dict[str, Any] | None = None
+    features: FeatureSet | None = None
     stats: pa.Table | None = None
     scores: pa.Table | None = None
     top_examples: dict[str, list[dict[str, Any]]] | None = None
@@ -55,11 +56,6 @@ def _object(path: Path, obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ReportError(f"{path}: expected a JSON object at the top level, got {type(obj).__name__}")
     return obj
-
-
-def is_num(x: Any) -> bool:
-    """A JSON number (``True``/``False`` are not)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _check_num(path: Path, where: str, obj: dict[str, Any], key: str, required: bool = False) -> None:
@@ -85,36 +81,6 @@ def _objects(path: Path, container: dict[str, Any], name: str) -> list[tuple[str
 def _check_str(path: Path, where: str, obj: dict[str, Any], key: str, like: str = "") -> None:
     if not isinstance(obj.get(key), str):
         raise ReportError(f"{path}: {where}: field {key!r}: expected a string{like}, got {obj.get(key)!r}")
-
-
-def _check_features(path: Path, feats: dict[str, Any]) -> None:
-    keys = set()
-    for where, c in _objects(path, feats, "candidates"):
-        _check_str(path, where, c, "key", " like 'L15/F123'")
-        where = f"{where} ({c['key']})"
-        for k in ("layer", "feature"):
-            _check_num(path, where, c, k, required=True)
-        for k in ("task_freq", "ref_freq", "task_mean_act", "ref_mean_act", "enrichment", "recall_score",
-                  "recall_rank", "scale"):
-            _check_num(path, where, c, k)
-        eff = c.get("effect")
-        if eff is not None:
-            if not isinstance(eff, dict):
-                raise ReportError(f"{path}: {where}: field 'effect': expected an object or null")
-            for k in ("alpha", "n", "mean_delta", "se", "ci_low", "ci_high"):
-                _check_num(path, f"{where}.effect", eff, k)
-        pt = c.get("promoted_tokens")
-        if pt is not None and not (isinstance(pt, list) and all(
-                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and is_num(p[1]) for p in pt)):
-            raise ReportError(f"{path}: {where}: field 'promoted_tokens': expected [[token, logit], ...]")
-        keys.add(c["key"])
-    val = feats.get("validated", [])
-    if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
-        raise ReportError(f"{path}: field 'validated': expected a list of feature keys")
-    unknown = [v for v in val if v not in keys]
-    if unknown and keys:
-        raise ReportError(f"{path}: field 'validated': {unknown[:3]} not among the candidates")
-    _objects(path, feats, "saes")
 
 
 def _check_top_examples(path: Path, raw: Any) -> dict[str, list[dict[str, Any]]]:
@@ -207,8 +173,10 @@ def load_run(run_dir: str | Path) -> RunData:
         d.run = _object(p, _json_file(p))
     p = run_dir / "features.json"
     if p.exists():
-        d.features = _object(p, _json_file(p))
-        _check_features(p, d.features)
+        try:
+            d.features = FeatureSet.load(p)
+        except ValueError as e:  # FeatureSet.load names the file, entry and field
+            raise ReportError(str(e)) from None
     p = run_dir / "feature_stats.parquet"
     if p.exists():
         d.stats = _parquet(p, ("layer", "feature", "task_freq", "ref_freq"))

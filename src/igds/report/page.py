@@ -34,7 +34,7 @@ def render_report(run_dir: str | Path) -> str:
     bodies = {"summary": section_summary(d), "features": section_features(d),
               "feature-cards": section_cards(d), "selection": section_selection(d),
               "experiment": section_experiment(d)}
-    model = (d.features or {}).get("model") or first_value(d.config, ("model",)) or ""
+    model = (d.features.info.model if d.features is not None else None) or first_value(d.config, ("model",)) or ""
     title = f"igds report · {Path(run_dir).resolve().name}"
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name in SECTIONS)
     sections = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{bodies[sid]}</section>' for sid, name in SECTIONS)

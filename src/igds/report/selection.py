@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data import DataSpec, detect_dialect, iter_records
+from ..data import DataSpec, detect_dialect
+from ..readers import iter_records
 from ..selection import select_indices
 from .fmt import esc, fmt, na, td
 from .load import RunData, column, config_value, selection_budget

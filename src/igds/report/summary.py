@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..feature_set import FeatureInfo
 from .fmt import esc, first_value, fmt, na
 from .load import RunData, config_value, is_num, selection_budget
 
@@ -57,12 +58,13 @@ def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def _facts(d: RunData) -> list[tuple[str, str]]:
     """(label, HTML) rows: model, SAEs, layers, probe, reference, pool, selection, run time, versions."""
-    f, run, cfg = d.features or {}, d.run or {}, d.config or {}
+    f, run, cfg = d.features, d.run or {}, d.config or {}
+    info = f.info if f is not None else FeatureInfo()
     facts: list[tuple[str, str]] = []
-    model = f.get("model") or run.get("model") or config_value(cfg, "model", "name")
+    model = info.model or run.get("model") or config_value(cfg, "model", "name")
     device = " · ".join(esc(run[k]) for k in ("device", "dtype") if run.get(k))
     facts.append(("Model", (esc(model) if model else "—") + (f" <span class='muted'>{device}</span>" if device else "")))
-    saes = f.get("saes") or []
+    saes = info.saes or []
     if saes:
         parts = []
         for s in saes:
@@ -77,13 +79,12 @@ def _facts(d: RunData) -> list[tuple[str, str]]:
     else:
         sae = first_value(cfg, ("sae",))
         facts.append(("SAE", esc(sae) if sae else "—"))
-    layers = f.get("layers") or first_value(cfg, ("layers", "layer"))
+    layers = info.layers or first_value(cfg, ("layers", "layer"))
     facts.append(("Layers", esc(", ".join(map(str, layers)) if isinstance(layers, list) else layers) if layers else "—"))
-    for label, key in (("Task probe", "probe"), ("Reference", "reference")):
-        p = f.get(key)
-        if isinstance(p, dict):
-            facts.append((label, f"{esc(p.get('source', '?'))} <span class='muted'>{fmt(p.get('n_examples'), ',')} "
-                                 f"examples · {fmt(p.get('n_tokens'), ',')} tokens</span>"))
+    for label, key, p in (("Task probe", "probe", info.probe), ("Reference", "reference", info.reference)):
+        if p is not None:
+            facts.append((label, f"{esc(p.source or '?')} <span class='muted'>{fmt(p.n_examples, ',')} "
+                                 f"examples · {fmt(p.n_tokens, ',')} tokens</span>"))
         else:
             v = first_value(cfg, (key, "task") if key == "probe" else (key,))
             facts.append((label, esc(v if not isinstance(v, dict) else json.dumps(v)) if v else "—"))
@@ -96,9 +97,9 @@ def _facts(d: RunData) -> list[tuple[str, str]]:
     else:
         ratio = config_value(cfg, "select", "ratio")
         facts.append(("Ratio", fmt(ratio) if ratio is not None else "—"))
-    if f:
-        facts.append(("Features", f"{len(f.get('candidates', []))} candidates → "
-                                  f"<strong>{len(f.get('validated', []))} validated</strong>"))
+    if f is not None:
+        facts.append(("Features", f"{len(f.candidates)} candidates → "
+                                  f"<strong>{len(f.validated)} validated</strong>"))
     rt = _run_time(run)
     facts.append(("Run time", rt or "—"))
     if run.get("started_at"):
@@ -114,10 +115,10 @@ def _facts(d: RunData) -> list[tuple[str, str]]:
 
 def section_summary(d: RunData) -> str:
     """``#summary``: what ran on what, how long it took, warnings, and config.yaml and run.json in full."""
-    f, run = d.features or {}, d.run or {}
+    run = d.run or {}
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _facts(d))
     out = [f'<dl class="facts">{dl}</dl>']
-    warnings = f.get("warnings") or []
+    warnings = d.features.warnings if d.features is not None else []
     if warnings:
         out.append('<div class="warn"><strong>Warnings</strong><ul>'
                    + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></div>")
