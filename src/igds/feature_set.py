@@ -183,10 +183,11 @@ class FeatureInfo:
     seconds: float | None = None
     task_source: str | None = None
     reference_source: str | None = None
+    rejects: list[dict[str, Any]] | None = None  # task/validation/reference records skipped under --skip-bad
 
     KINDS = {"model": "str", "saes": "dicts", "layers": "ints", "probe": "dict", "reference": "dict",
              "validation": "dict", "recall": "dict", "filter": "dict", "cache_key": "str", "seconds": "num",
-             "task_source": "str", "reference_source": "str"}
+             "task_source": "str", "reference_source": "str", "rejects": "dicts"}
     SAMPLES = ("probe", "reference", "validation")
 
     def to_dict(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources
 
 def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
     """Stage 1, cached in ``RUN_DIR/features.json`` (with the task, validation and reference
-    records skipped under ``--skip-bad``, in ``info["rejects"]``)."""
+    records skipped under ``--skip-bad``, in ``info.rejects``)."""
     sources = {"task": resolve_source(cfg.task, "task"), "reference": resolve_source(cfg.reference, "reference")}
     if cfg.validation.path:
         sources["validation"] = resolve_source(cfg.validation, "validation")
@@ -70,16 +70,11 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     path = run_dir / "features.json"
     if path.exists():
         cached = FeatureSet.load(path)
-<<<<<<< HEAD
-        if cached.info.get("cache_key") == key:
-            _say(f"features: reusing {path}")
-=======
         if cached.info.cache_key == key:
-            print(f"features: reusing {path}")
->>>>>>> typed
+            _say(f"features: reusing {path}")
             return cached
         log.info("features: %s was made from other inputs (key %s, now %s); recomputing", path,
-                 cached.info.get("cache_key"), key)
+                 cached.info.cache_key, key)
     tok = lm.tokenizer
     rejects = Rejects()
     task = read_examples(cfg.task, "task", cfg.skip_bad, rejects=rejects)
@@ -96,18 +91,11 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
     started = time.time()
     fs = find_task_features(lm, saes, toks(probe), toks(reference), toks(val), cfg.recall, cfg.filter,
                             seed=cfg.seed, stats_path=run_dir / "feature_stats.parquet")
-<<<<<<< HEAD
-    fs.info.update({"cache_key": key, "seconds": round(time.time() - started, 2),
-                    "task_source": sources["task"], "reference_source": sources["reference"],
-                    "rejects": rejects.rows})
-    fs.info["probe"]["source"] = sources["task"]
-    fs.info["reference"]["source"] = sources["reference"]
-=======
     fs.info.cache_key, fs.info.seconds = key, round(time.time() - started, 2)
     fs.info.task_source, fs.info.reference_source = sources["task"], sources["reference"]
+    fs.info.rejects = rejects.rows
     fs.info.probe.source = sources["task"]
     fs.info.reference.source = sources["reference"]
->>>>>>> typed
     fs.save(path)
     for warning in fs.warnings:
         log.warning("features: %s", warning)
@@ -187,7 +175,7 @@ def load_features(cfg: RunConfig, lm: LoadedModel | None = None, run_dir: str | 
     Seconds per step go into ``timings``."""
     with run_directory(Path(cfg.out if run_dir is None else run_dir)) as rd:
         lm, saes, fs = _load_features(cfg, lm, rd, {} if timings is None else timings)
-        write_rejects(rd, fs.info.get("rejects", []))
+        write_rejects(rd, (fs.info.rejects or []))
         return lm, saes, fs
 
 
@@ -206,7 +194,7 @@ def _stages(cfg: RunConfig, lm: LoadedModel | None, run_dir: Path, timings: dict
     sc = scores(cfg, lm, saes, fs, run_dir)
     timings["scoring"] = time.time() - t
     log.info("scores: %d rows in %.1f s", sc.summary.pool_size, timings["scoring"])
-    write_rejects(run_dir, [*fs.info.get("rejects", []), *sc.rejects])
+    write_rejects(run_dir, [*(fs.info.rejects or []), *sc.rejects])
     return Staged(lm, fs, sc)
 
 
@@ -249,7 +237,7 @@ def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
                                        cfg.select.ratio if cfg.select.budget is None else None, cfg.select.budget)
         timings["selection"] = time.time() - t
         rejected: dict[str, int] = {}
-        for row in [*fs.info.get("rejects", []), *sc.rejects]:
+        for row in [*(fs.info.rejects or []), *sc.rejects]:
             rejected[row["section"]] = rejected.get(row["section"], 0) + 1
         info = RunInfo(versions=versions(), timings_s={k: round(v, 2) for k, v in timings.items()},
                        wall_s=round(time.time() - t0, 2), model=lm.name, device=str(lm.device),

@@ -300,12 +300,8 @@ class ShardStore:
         table = pa.concat_tables(tables)
         table = table.replace_schema_metadata({"igds": json.dumps({
             "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
-<<<<<<< HEAD
-            "normalize": cfg.normalize, "features": [c["key"] for c in features.validated_features],
+            "normalize": cfg.normalize, "features": [c.key for c in features.validated_features],
             "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
-=======
-            "normalize": cfg.normalize, "features": [c.key for c in features.validated_features]})})
->>>>>>> typed
         merged = merge_tops(tops, cfg.top_examples)
         atomic_write_parquet(self.run_dir / "scores.parquet", table)
         atomic_write_json(self.run_dir / "top_examples.json", merged)
