@@ -23,7 +23,7 @@ import transformers
 
 from . import __version__
 from .artifacts import atomic_write_json, atomic_write_text, stable_hash
-from .config import RunConfig, dump_config, load_config
+from .config import RunConfig, cache_view, dump_config, load_config
 from .data import Example, iter_examples, tokenize_example, write_records
 from .engines import score_features
 from .features import FeatureSet, find_task_features
@@ -38,15 +38,15 @@ from .selection import read_score_table, select_indices
 def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources: dict[str, str]) -> str:
     return stable_hash({"model": lm.name, "saes": [s.describe() for _, s in sorted(saes.items())],
                         "data": {k: source_fingerprint(v) for k, v in sources.items()},
-                        "task": asdict(cfg.task), "validation": asdict(cfg.validation),
+                        "task": asdict(cfg.task_data), "validation": asdict(cfg.validation),
                         "reference": asdict(cfg.reference), "recall": asdict(cfg.recall),
-                        "filter": {k: v for k, v in asdict(cfg.filter).items() if k != "features_per_forward"},
+                        "filter": cache_view(cfg.filter),
                         "chat": cfg.use_chat_template, "seed": cfg.seed})
 
 
 def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
     """Stage 1, cached in ``RUN_DIR/features.json``."""
-    sources = {"task": resolve_source(cfg.task, "task"), "reference": resolve_source(cfg.reference, "reference")}
+    sources = {"task": resolve_source(cfg.task_data, "task_data"), "reference": resolve_source(cfg.reference, "reference")}
     if cfg.validation.path:
         sources["validation"] = resolve_source(cfg.validation, "validation")
     key = _features_key(cfg, lm, saes, sources)
@@ -57,7 +57,7 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
             print(f"features: reusing {path}")
             return cached
     tok = lm.tokenizer
-    task = read_examples(cfg.task, "task", cfg.skip_bad)
+    task = read_examples(cfg.task_data, "task_data", cfg.skip_bad)
     val_examples = read_examples(cfg.validation, "validation", cfg.skip_bad) if cfg.validation.path else None
     probe, val = split_task(task, cfg.recall.probe_size, cfg.filter.validation_size, cfg.seed, val_examples)
     reference = read_examples(cfg.reference, "reference", cfg.skip_bad, limit=cfg.recall.reference_size)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .activations import iter_activation_batches
 from .artifacts import (atomic_write_json, atomic_write_jsonl, atomic_write_parquet, read_json, sha256_file,
                         stable_hash)
-from .config import ScoreConfig
+from .config import ScoreConfig, cache_view
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
 from .features import FeatureSet
 from .model import LoadedModel
@@ -181,8 +181,7 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
                     pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
                     dtype: str = "float32", split: str | None = None) -> str:
     """Hash of everything the scores depend on (bf16 and fp32 shards never mix)."""
-    relevant = {k: v for k, v in asdict(cfg).items()
-                if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
+    relevant = {**cache_view(cfg), "shard_size": cfg.shard_size}  # shard_size: the store's layout
     return stable_hash({
         "model": lm_name, "dtype": dtype,
         "saes": [s.describe() for _, s in sorted(saes.items())],
