@@ -7,28 +7,6 @@ import pytest
 
 from igds.cli import main
 
-from planted import save_model_and_seven_detector
-
-TASK = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(16)]
-REF = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "it is green"} for i in range(12)]
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture
-def setup(tiny_lm, tmp_path):
-    model_dir, _ = save_model_and_seven_detector(tiny_lm, tmp_path, [r["instruction"] for r in TASK],
-                                                 [r["instruction"] for r in REF])
-    pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
-             "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(20)]
-    return {"model": str(model_dir), "sae": str(tmp_path / "sae"), "task": _write(tmp_path / "task.jsonl", TASK),
-            "ref": _write(tmp_path / "ref.jsonl", REF), "pool": _write(tmp_path / "pool.jsonl", pool),
-            "out": str(tmp_path / "run"), "pool_rows": pool}
-
-
 def _run(s, *extra):
     return main(["run", "--model", s["model"], "--sae", s["sae"], "--task-data", s["task"], "--reference", s["ref"],
                  "--pool", s["pool"], "--ratio", "0.5", "--out", s["out"], "--no-report",

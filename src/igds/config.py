@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 # The machinery, re-exported: callers import everything config-related from here.
-from .config_tools import (ConfigError, cache_view, check, dump_config, field_help, knob, load, parse_override,
-                           set_key, to_dict)
+from .config_tools import (ConfigError, cache_view, check, dump_config, field_help, field_type, knob, load,
+                           parse_override, set_key, to_dict)
 
 IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
 BASELINE_METHODS = ("random", "loss", "ifd", "zip", "longest")
@@ -342,7 +342,7 @@ class EvalSAEConfig:
 
 # ====================================================================== loading
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                cls: type = RunConfig) -> Any:
+                cls: type = RunConfig, rules: bool = True) -> Any:
     """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides, every value checked before
     any work starts (:class:`ConfigError`, one line naming the file and the key)."""
-    return load(cls, path, overrides)
+    return load(cls, path, overrides, rules)

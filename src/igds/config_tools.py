@@ -123,9 +123,9 @@ def _check_value(value: Any, meta: Any) -> None:
                 raise ValueError(f"{v!r} does not exist (a local path; check the spelling)")
 
 
-def check(cfg: Any, origins: dict[str, str] | None = None, prefix: str = "") -> None:
-    """Check (and coerce) every value of ``cfg`` against its annotation and metadata, then each
-    section's ``problems()``; the first bad one raises :class:`ConfigError`."""
+def check(cfg: Any, origins: dict[str, str] | None = None, prefix: str = "", rules: bool = True) -> None:
+    """Check (and coerce) every value of ``cfg`` against its annotation and metadata, then (with
+    ``rules``) each section's ``problems()``; the first bad one raises :class:`ConfigError`."""
     origins = origins or {}
 
     def fail(key: str, msg: str) -> None:
@@ -138,7 +138,7 @@ def check(cfg: Any, origins: dict[str, str] | None = None, prefix: str = "") -> 
     for f in dataclasses.fields(cfg):
         key, value = prefix + f.name, getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            check(value, origins, key + ".")
+            check(value, origins, key + ".", rules)
             continue
         try:
             value = coerce(value, hints[f.name])
@@ -146,7 +146,7 @@ def check(cfg: Any, origins: dict[str, str] | None = None, prefix: str = "") -> 
         except ValueError as e:
             fail(key, str(e))
         object.__setattr__(cfg, f.name, value)
-    for sub, msg in getattr(cfg, "problems", lambda: ())():
+    for sub, msg in getattr(cfg, "problems", lambda: ())() if rules else ():
         fail(prefix + sub, msg)
 
 
@@ -249,8 +249,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load(cls: type, path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Any:
-    """Defaults <- YAML file <- overrides, then :func:`check`: a bad value fails here, before any work."""
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+         rules: bool = True) -> Any:
+    """Defaults <- YAML file <- overrides, then :func:`check`: a bad value fails here, before any work.
+    ``rules=False`` skips the cross-field rules (what ``igds config show`` prints may be incomplete)."""
     cfg = cls()
     origins: dict[str, str] = {}
     if path is not None:
@@ -258,7 +260,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | dict[
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
         set_key(cfg, key, value, "command line", origins)
-    check(cfg, origins)
+    check(cfg, origins, rules=rules)
     return cfg
 
 
