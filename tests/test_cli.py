@@ -57,7 +57,8 @@ def test_bad_pool_line_is_reported_with_file_and_line(setup, tmp_path, capsys):
 
 def test_unknown_config_key_is_an_error(setup, capsys):
     assert _run(setup, "recall.n_candidatez=3") == 2
-    assert "unknown config key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("igds: error: command line: unknown config key 'recall.n_candidatez'") and err.count("\n") == 1
 
 
 def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
@@ -72,11 +73,44 @@ def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
 
 
 def test_overrides_may_sit_between_flags():
-    from igds.cli import parse
+    from igds.cli import UsageError, parse
 
     args = parse(["score", "--config", "c.yaml", "recall.n_candidates=8", "--engine", "ray", "seed=3",
                   "--out", "x"])
     assert args.overrides == ["recall.n_candidates=8", "seed=3"]
-    assert vars(args)["cfg:score.engine"] == "ray" and vars(args)["cfg:out"] == "x"
-    with pytest.raises(SystemExit):
+    assert vars(args)["cfg:score.engine"] == ["ray"] and vars(args)["cfg:out"] == ["x"]
+    with pytest.raises(UsageError, match="unrecognized arguments: not-an-override"):
         parse(["score", "a=1", "--engine", "ray", "not-an-override"])
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err == f"igds: error: {tmp_path / 'nope.yaml'}: config file not found\n"
+
+
+def test_missing_run_dir_is_one_line(tmp_path, capsys):
+    assert main(["select", str(tmp_path / "nope"), "--ratio", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"igds: error: {tmp_path / 'nope'}: run directory not found") and err.count("\n") == 1
+
+
+def test_bad_value_type_fails_before_the_model_loads(setup, capsys, monkeypatch):
+    import igds.pipeline
+
+    monkeypatch.setattr(igds.pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert _run(setup, "recall.n_candidates=abc") == 2
+    assert capsys.readouterr().err == ("igds: error: command line: recall.n_candidates: expected an integer, "
+                                       "got 'abc'\n")
+
+
+def test_ctrl_c_says_what_is_cached_and_how_to_resume(setup, capsys, monkeypatch):
+    import igds.pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(igds.pipeline, "scores", interrupted)
+    assert _run(setup) == 130
+    err = capsys.readouterr().err
+    assert f"cached in {setup['out']}: features.json" in err
+    assert "Resume with the same command: igds run --model" in err and err.count("\n") == 1

@@ -199,7 +199,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str, origin: str, origins: d
         if key not in names:
             moved = getattr(obj, "MOVED", {}).get(key)
             hint = f"it is now {moved!r}" if moved else f"known: {sorted(names)}"
-            raise ConfigError(f"{origin}: unknown config key {where}{key!r}; {hint}")
+            raise ConfigError(f"{origin}: unknown config key '{where}{key}'; {hint}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
