@@ -14,6 +14,7 @@ become raw text. Options: ``limit`` (seeded random subset of that many records),
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence

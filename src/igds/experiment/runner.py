@@ -28,7 +28,8 @@ from ..report import write_report
 from ..scoring import feature_activations, source_fingerprint
 from ..selection import read_score_table, select_indices, write_score_table
 from ..tasks import Task, get_task
-from .results import amplification, build_results, eval_name, flatten_metrics, headline_metric, run_id, write_results
+from .results import (amplification, build_results, eval_name, flatten_metrics, headline_metric, results_markdown,
+                      run_id, write_results)
 
 
 def load_experiment_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
