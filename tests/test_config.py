@@ -38,6 +38,7 @@ def test_run_dirs_written_before_the_rename_still_load(tmp_path):
     p = tmp_path / "config.yaml"
     p.write_text("task: {path: null, limit: 5}\n")
     assert load_config(p).task_data.limit == 5
+    assert load_config(None, ["task.limit=6"]).task_data.limit == 6
 
 
 def test_cache_view_leaves_out_knobs_that_do_not_change_results():

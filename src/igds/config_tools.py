@@ -216,6 +216,7 @@ def set_key(cfg: Any, dotted: str, value: Any, origin: str = "command line",
     *parents, last = dotted.replace("-", "_").split(".")
     obj = cfg
     for i, p in enumerate(parents):
+        p = parents[i] = getattr(obj, "RENAMED", {}).get(p, p)
         if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
             raise ConfigError(f"{origin}: unknown config section {'.'.join(parents[: i + 1])!r}")
         obj = getattr(obj, p)
