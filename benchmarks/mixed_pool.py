@@ -29,9 +29,9 @@ from datetime import date
 from pathlib import Path
 
 from igds.artifacts import atomic_write_json, atomic_write_text
-from igds.config import DataConfig
+from igds.config import DataConfig, check
 from igds.data import load_examples, write_messages
-from igds.experiment import (Experiment, check_config, fmt_cell, load_experiment_config, resolve_task,
+from igds.experiment import (Experiment, fmt_cell, load_experiment_config, resolve_task,
                              run_experiment)
 from igds.selection import select_indices
 from splice import splice
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{args.task}.yaml")
     run_dir = ROOT / "runs" / "bench" / name
     pool_path = run_dir / "data" / "mixed_pool.jsonl"
-    task_ids = build_pool(resolve_task(cfg.task), cfg.pool.path, args.task_examples, args.other_examples,
+    task_ids = build_pool(resolve_task(cfg.task), cfg.igds.pool.path, args.task_examples, args.other_examples,
                           args.seed, pool_path, args.length_matched)
-    cfg = replace(cfg, name=name, out=str(run_dir), pool=DataConfig(path=str(pool_path),
-                  dialect="messages"), task_format=["task_data", "validation"], methods=list(FINETUNED),
+    igds = replace(cfg.igds, out=str(run_dir), pool=DataConfig(path=str(pool_path), dialect="messages"))
+    cfg = replace(cfg, name=name, igds=igds, task_format=["task_data", "validation"], methods=list(FINETUNED),
                   seeds=[args.seed])
-    check_config(cfg)
+    check(cfg)
     exp = Experiment(cfg)
     pool = exp.pool()
     share = len(task_ids) / len(pool)

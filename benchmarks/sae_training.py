@@ -31,7 +31,8 @@ SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"
 
 
 def bench_collection(lm, layer: int, n_examples: int) -> dict[str, float]:
-    from igds.train_sae import ActivationStream, TrainSAEConfig, load_training_examples
+    from igds.config import TrainSAEConfig
+    from igds.sae_data import ActivationStream, load_training_examples
 
     spec = f"{SHARED / 'gsm8k' / 'train.jsonl'}::prompt_field=question,response_field=answer,limit={n_examples}"
     cfg = TrainSAEConfig(model=lm.name, layers=[layer], data=[spec], max_length=512)
@@ -51,7 +52,8 @@ def bench_collection(lm, layer: int, n_examples: int) -> dict[str, float]:
 
 
 def bench_steps(d_in: int, batch: int, steps: int, expansion: int = 8, k: int = 32) -> dict[str, float]:
-    from igds.train_sae import TopKTrainer, TrainSAEConfig
+    from igds.config import TrainSAEConfig
+    from igds.train_sae import TopKTrainer
 
     cfg = TrainSAEConfig(k=k, auxk_alpha=0.0)
     g = torch.Generator().manual_seed(0)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# The benchmark scripts import each other as top-level modules (`from splice import splice`, as
+# when run as `python benchmarks/X.py`); the tests import them the same way, through this one entry.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 SHARED_DATA = Path(os.environ.get("IGDS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -69,3 +75,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (set IGDS_SHARED_DATA)")
     return SHARED_DATA
+
+
+TASK = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(16)]
+REF = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "it is green"} for i in range(12)]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def setup(tiny_lm, tmp_path):
+    """A tiny model saved to disk with a planted SAE, and task/reference/pool files (the CLI tests' world)."""
+    from planted import save_model_and_seven_detector
+
+    model_dir, _ = save_model_and_seven_detector(tiny_lm, tmp_path, [r["instruction"] for r in TASK],
+                                                 [r["instruction"] for r in REF])
+    pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
+             "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(20)]
+    return {"model": str(model_dir), "sae": str(tmp_path / "sae"), "task": _write_jsonl(tmp_path / "task.jsonl", TASK),
+            "ref": _write_jsonl(tmp_path / "ref.jsonl", REF), "pool": _write_jsonl(tmp_path / "pool.jsonl", pool),
+            "out": str(tmp_path / "run"), "pool_rows": pool}

@@ -1,13 +1,9 @@
 """benchmarks/mixed_pool.py: the length-matched pool cannot be split by response length."""
 
 import random
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from mixed_pool import nearest_in_length  # noqa: E402
+from mixed_pool import nearest_in_length
 
 
 def _rows(lengths, tag):

@@ -1,11 +1,7 @@
 """benchmarks/splice.py: a benchmark rewrites only its own block of BENCHMARKS.md."""
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from splice import splice  # noqa: E402
+from splice import splice
 
 
 def test_splice_replaces_only_the_named_block(tmp_path):

@@ -7,28 +7,6 @@ import pytest
 
 from igds.cli import main
 
-from planted import save_model_and_seven_detector
-
-TASK = [{"id": f"t{i}", "instruction": f"add 7{i} and 17", "output": f"the sum is 7{i + 17}"} for i in range(16)]
-REF = [{"id": f"r{i}", "instruction": f"describe the garden {chr(97 + i)}", "output": "it is green"} for i in range(12)]
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture
-def setup(tiny_lm, tmp_path):
-    model_dir, _ = save_model_and_seven_detector(tiny_lm, tmp_path, [r["instruction"] for r in TASK],
-                                                 [r["instruction"] for r in REF])
-    pool = [{"id": f"p{i}", "prompt": f"what is 7{i} + 7" if i % 2 else f"name a colour {i}",
-             "completion": "seventy" if i % 2 else "blue", "source": "math" if i % 2 else "other"} for i in range(20)]
-    return {"model": str(model_dir), "sae": str(tmp_path / "sae"), "task": _write(tmp_path / "task.jsonl", TASK),
-            "ref": _write(tmp_path / "ref.jsonl", REF), "pool": _write(tmp_path / "pool.jsonl", pool),
-            "out": str(tmp_path / "run"), "pool_rows": pool}
-
-
 def _run(s, *extra):
     return main(["run", "--model", s["model"], "--sae", s["sae"], "--task-data", s["task"], "--reference", s["ref"],
                  "--pool", s["pool"], "--ratio", "0.5", "--out", s["out"], "--no-report",
@@ -79,7 +57,8 @@ def test_bad_pool_line_is_reported_with_file_and_line(setup, tmp_path, capsys):
 
 def test_unknown_config_key_is_an_error(setup, capsys):
     assert _run(setup, "recall.n_candidatez=3") == 2
-    assert "unknown config key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("igds: error: command line: unknown config key 'recall.n_candidatez'") and err.count("\n") == 1
 
 
 def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
@@ -94,11 +73,44 @@ def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
 
 
 def test_overrides_may_sit_between_flags():
-    from igds.cli import parse
+    from igds.cli import UsageError, parse
 
     args = parse(["score", "--config", "c.yaml", "recall.n_candidates=8", "--engine", "ray", "seed=3",
                   "--out", "x"])
     assert args.overrides == ["recall.n_candidates=8", "seed=3"]
-    assert vars(args)["cfg:score.engine"] == "ray" and vars(args)["cfg:out"] == "x"
-    with pytest.raises(SystemExit):
+    assert vars(args)["cfg:score.engine"] == ["ray"] and vars(args)["cfg:out"] == ["x"]
+    with pytest.raises(UsageError, match="unrecognized arguments: not-an-override"):
         parse(["score", "a=1", "--engine", "ray", "not-an-override"])
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err == f"igds: error: {tmp_path / 'nope.yaml'}: config file not found\n"
+
+
+def test_missing_run_dir_is_one_line(tmp_path, capsys):
+    assert main(["select", str(tmp_path / "nope"), "--ratio", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"igds: error: {tmp_path / 'nope'}: run directory not found") and err.count("\n") == 1
+
+
+def test_bad_value_type_fails_before_the_model_loads(setup, capsys, monkeypatch):
+    import igds.pipeline
+
+    monkeypatch.setattr(igds.pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert _run(setup, "recall.n_candidates=abc") == 2
+    assert capsys.readouterr().err == ("igds: error: command line: recall.n_candidates: expected an integer, "
+                                       "got 'abc'\n")
+
+
+def test_ctrl_c_says_what_is_cached_and_how_to_resume(setup, capsys, monkeypatch):
+    import igds.pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(igds.pipeline, "scores", interrupted)
+    assert _run(setup) == 130
+    last = capsys.readouterr().err.splitlines()[-1]  # after the model-loading progress bar
+    assert last.startswith(f"igds: interrupted; cached in {setup['out']}: features.json. ")
+    assert "Resume with the same command: igds run --model" in last

@@ -1,10 +1,13 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from igds import experiment as ex
+from igds.config import ConfigError
+from igds.experiment import runner
 from igds.experiment import (ExperimentConfig, amplification, build_results, correlation, load_experiment_config,
                              mean_std, results_markdown, summarize)
 
@@ -26,20 +29,20 @@ def _write(path, n, prefix):
 @pytest.fixture
 def setup(tmp_path, tiny_lm, monkeypatch):
     calls = []
-    real = ex.train_model
+    real = runner.train_model
 
     def counting(*a, **kw):
         calls.append(a[3])
         return real(*a, **kw)
 
-    monkeypatch.setattr(ex, "train_model", counting)
+    monkeypatch.setattr(runner, "train_model", counting)
     cfg = load_experiment_config(None, {
-        "out": str(tmp_path / "run"), "task": TASK,
-        "pool": {"path": _write(tmp_path / "pool.jsonl", 10, "p")},
+        "task": TASK, "igds": {"out": str(tmp_path / "run"), "pool": {"path": _write(tmp_path / "pool.jsonl", 10, "p")},
+                               "report": False},
         "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "t")], "limit": 3, "options": {"progress": False}},
         "methods": ["random", "longest", "full"], "ratios": [0.5], "seeds": [0, 1],
         "finetune": {"max_steps": 2, "batch_size": 2, "lora_r": 2, "progress": False, "save": False},
-        "amplification": {"enabled": False}, "report": False})
+        "amplification": {"enabled": False}})
     return cfg, calls, tiny_lm
 
 
@@ -55,7 +58,7 @@ def test_runner_resumes_without_redoing_runs(setup):
     # seeds outermost: a run stopped part-way has every method at seed 0 first
     assert [c.parent.name for c in calls] == ["random-r0.5-s0", "longest-r0.5-s0", "full-r1-s0",
                                               "random-r0.5-s1", "longest-r0.5-s1", "full-r1-s1"]
-    exp_dir = ex.Path(cfg.out) / "experiment"
+    exp_dir = Path(cfg.igds.out) / "experiment"
     md1 = (exp_dir / "results.md").read_text()
     csv1 = (exp_dir / "results.csv").read_text()
     # random selections differ by seed; longest is the same subset for both seeds
@@ -63,8 +66,8 @@ def test_runner_resumes_without_redoing_runs(setup):
            for r in first["runs"]}
     assert sel["random-r0.5-s0"] != sel["random-r0.5-s1"]
     assert sel["longest-r0.5-s0"] == sel["longest-r0.5-s1"]
-    assert (ex.Path(cfg.out) / "baselines" / "random.parquet").exists()
-    assert (ex.Path(cfg.out) / "baselines" / "random-seeds" / "seed-1.parquet").exists()
+    assert (Path(cfg.igds.out) / "baselines" / "random.parquet").exists()
+    assert (Path(cfg.igds.out) / "baselines" / "random-seeds" / "seed-1.parquet").exists()
 
     calls.clear()
     second = ex.run_experiment(cfg, lm=lm)
@@ -141,17 +144,33 @@ def test_mean_std_single_and_empty():
     assert summarize([], "x") == []
 
 
-def test_config_errors_name_the_field(tmp_path):
+def _exp_yaml(tmp_path, body):
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (tmp_path / name).write_text("")
     p = tmp_path / "exp.yaml"
-    p.write_text("pool: {path: a.jsonl}\neval: {paths: [b.jsonl]}\nmethods: [igds, best]\ntask_data: {path: c}\n")
-    with pytest.raises(ValueError, match="methods.*best"):
+    p.write_text(body.replace("DIR", str(tmp_path)))
+    return p
+
+
+def test_config_errors_name_the_field(tmp_path):
+    p = _exp_yaml(tmp_path, "igds: {pool: {path: DIR/a.jsonl}, task_data: {path: DIR/c.jsonl}}\n"
+                            "eval: {paths: [DIR/b.jsonl]}\nmethods: [igds, best]\n")
+    with pytest.raises(ConfigError, match=f"{p}: methods: .*best"):
         load_experiment_config(p)
-    with pytest.raises(ValueError, match="ratios"):
+    with pytest.raises(ConfigError, match="command line: ratios: 1.5 is not in"):
         load_experiment_config(p, ["methods=[random]", "ratios=[1.5]"])
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown config key"):
         load_experiment_config(p, ["finetune.lora_rank=4"])
+    with pytest.raises(ConfigError, match="command line: finetune.epochs: expected a number, got 'abc'"):
+        load_experiment_config(p, ["methods=[random]", "finetune.epochs=abc"])
     cfg = load_experiment_config(p, ["methods=[random]", "finetune.epochs=1", "seeds=[0,1,2]"])
     assert cfg.finetune.epochs == 1 and cfg.seeds == [0, 1, 2]
+
+
+def test_flat_layout_of_before_points_to_the_igds_section(tmp_path):
+    p = _exp_yaml(tmp_path, "pool: {path: DIR/a.jsonl}\n")
+    with pytest.raises(ConfigError, match=f"{p}: unknown config key 'pool'; it is now 'igds.pool'"):
+        load_experiment_config(p)
 
 
 def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
@@ -173,13 +192,14 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
     save_model_and_seven_detector(tiny_lm, tmp_path, [r["prompt"] for r in task_rows],
                                   [r["prompt"] for r in ref_rows])
     cfg = load_experiment_config(None, {
-        "out": str(tmp_path / "run"), "task": TASK, "model": {"name": str(tmp_path / "model")},
-        "sae": {"paths": [str(tmp_path / "sae")]}, "reference": {"path": str(paths["ref"])},
-        "task_data": {"path": str(paths["task"])}, "pool": {"path": str(paths["pool"])},
+        "task": TASK, "igds": {
+            "out": str(tmp_path / "run"), "model": {"name": str(tmp_path / "model")},
+            "sae": {"paths": [str(tmp_path / "sae")]}, "reference": {"path": str(paths["ref"])},
+            "task_data": {"path": str(paths["task"])}, "pool": {"path": str(paths["pool"])},
+            "recall": {"n_candidates": 4, "probe_size": 16}, "filter": {"validation_size": 6},
+            "score": {"shard_size": 8}},
         "eval": {"paths": [str(paths["eval"])], "options": {"progress": False}},
         "methods": ["igds", "igds_recall_only", "random"], "ratios": [0.5], "seeds": [0],
-        "recall": {"n_candidates": 4, "probe_size": 16}, "filter": {"validation_size": 6},
-        "score": {"shard_size": 8},
         "finetune": {"max_steps": 3, "batch_size": 2, "lora_r": 2, "learning_rate": 1e-2, "progress": False}})
     res = ex.run_experiment(cfg)
     run_dir = tmp_path / "run"
@@ -208,7 +228,8 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
 
 
 def test_cli_entry_reports_config_errors(tmp_path, capsys):
-    p = tmp_path / "exp.yaml"
-    p.write_text("pool: {path: a.jsonl}\neval: {paths: [b.jsonl]}\nmethods: [random]\n")
-    assert ex.main(["--config", str(p), "ratios=[2]"]) == 2
-    assert "ratios" in capsys.readouterr().err
+    from igds.cli import main
+
+    p = _exp_yaml(tmp_path, "igds: {pool: {path: DIR/a.jsonl}}\neval: {paths: [DIR/b.jsonl]}\nmethods: [random]\n")
+    assert main(["experiment", "--config", str(p), "ratios=[2]"]) == 2
+    assert capsys.readouterr().err.strip() == "igds: error: command line: ratios: 2.0 is not in (0, 1]"

@@ -25,7 +25,7 @@ from igds.sae import SAE
 from igds.scoring import score_pool
 
 from planted import blank_sae
-from test_cli import _run, setup  # noqa: F401  (tiny model + planted SAE saved to disk)
+from test_cli import _run
 
 KILL_SEED = 20240611
 

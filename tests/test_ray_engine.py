@@ -33,7 +33,6 @@ from igds.model import load_model  # noqa: E402
 from igds.ray_engine import RayCompute, ShardScorer  # noqa: E402
 from igds.scoring import score_pool  # noqa: E402
 
-from test_cli import setup  # noqa: E402,F401  (tiny model + planted SAE saved to disk)
 
 RAY_OPTS = ["--engine", "ray", "--score.ray-actors", "2", "--score.ray-cpus-per-actor", "0.5"]
 RTOL, ATOL = 1e-5, 1e-6

@@ -22,7 +22,7 @@ from igds.ray_engine import worker_placement
 from igds.selection import table_meta
 
 from planted import blank_sae, plant_detector
-from test_cli import REF, TASK, _run, setup  # noqa: F401  (tiny model + planted SAE saved to disk)
+from test_cli import REF, TASK, _run
 
 REUSED = "features: reusing"
 
@@ -177,7 +177,7 @@ def test_stale_rejects_are_removed_and_task_rejects_recorded(setup, tmp_path):
     setup["task"] = str(task)
     assert _run(setup, "--skip-bad") == 0
     rejects = [json.loads(x) for x in open(setup["out"] + "/rejects.jsonl")]
-    assert [(r["section"], r["line"]) for r in rejects] == [("task", 17), ("pool", 21)]
+    assert [(r["section"], r["line"]) for r in rejects] == [("task_data", 17), ("pool", 21)]
     assert RunInfo.load(setup["out"] + "/run.json").rejects == {"task": 1, "pool": 1}
     open(setup["pool"], "w").write(pool)
     setup["task"] = clean_task

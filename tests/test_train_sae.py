@@ -8,17 +8,9 @@ import pytest
 import torch
 
 from igds.sae import load_sae
-from igds.train_sae import (
-    ActivationStream,
-    TopKTrainer,
-    TrainSAEConfig,
-    export_checkpoint,
-    load_training_examples,
-    lr_at,
-    parse_source,
-    train_on_activations,
-    train_sae,
-)
+from igds.config import TrainSAEConfig
+from igds.sae_data import ActivationStream, load_training_examples, parse_source
+from igds.train_sae import TopKTrainer, export_checkpoint, lr_at, train_on_activations, train_sae
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,17 @@
 """Every igds default, in one place, and how YAML files and the command line override them.
 
-A config is a tree of dataclasses. ``load_config(path, overrides)`` starts from these
-defaults, applies a YAML file, then ``section.key=value`` overrides (values parsed as
-YAML, so ``recall.n_candidates=32`` is an int and ``sae.paths=[a,b]`` a list). The
-resolved config is saved next to every run's outputs.
+A config is a tree of dataclasses: :class:`RunConfig` for ``igds run/features/score``,
+:class:`ExperimentConfig` (which holds a whole ``RunConfig`` as its ``igds`` section),
+:class:`TrainSAEConfig` and :class:`EvalSAEConfig`. ``load_config(path, overrides, cls)``
+starts from these defaults, applies a YAML file, then ``section.key=value`` overrides
+(values parsed as YAML, so ``recall.n_candidates=32`` is an int and ``sae.paths=[a,b]`` a
+list), then checks every value (:func:`check`) before any work starts. The resolved
+config is saved next to every run's outputs.
+
+The comment on a knob is its ``--help`` text (:func:`field_help`). Field metadata says
+more: ``cache=False`` marks knobs that do not change results (left out of cache keys,
+:func:`cache_view`); ``ge``/``gt``/``le``/``lt`` are ranges; ``path`` marks values that
+name local files which must exist. ``Literal`` annotations are the allowed choices.
 
 Choices marked *ours* are not published by the IGDS paper (arXiv 2604.25167); they are
 igds defaults, chosen for the reasons given, and every one can be changed.
@@ -11,53 +19,62 @@ igds defaults, chosen for the reasons given, and every one can be changed.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
-import yaml
+# The machinery, re-exported: callers import everything config-related from here.
+from .config_tools import (ConfigError, cache_view, check, dump_config, field_help, field_type, knob, load,
+                           parse_override, set_key, to_dict)
+
+IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
+BASELINE_METHODS = ("random", "loss", "ifd", "zip", "longest")
+METHODS = IGDS_METHODS + BASELINE_METHODS + ("full",)
+DATA_SECTIONS = ("pool", "task_data", "validation")
+
+Positions = Literal["all", "prompt", "response"]
 
 
+# ====================================================================== igds run
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m"  # HF id, local dir, .gguf file, or a built-in name
+    name: str = knob("smollm2-135m", path="model")  # HF id, local dir, .gguf file, or a built-in name
     device: str = "auto"  # auto = cuda if available else cpu
     dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU (bf16 is ~7x slower on CPU)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own Python code (only for repos you trust)
 
 
 @dataclass
 class SAEConfig:
     # SAE folders/files, SAELens `release/sae_id`, or `default` (the SAE shipped for a built-in model).
-    paths: list[str] = field(default_factory=lambda: ["default"])
+    paths: list[str] = knob(factory=lambda: ["default"], path="sae")
     layers: list[int] | None = None  # only needed when an SAE does not say which layer it reads
 
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # JSONL / JSON / Parquet / dataset folder / hf:NAME[:SPLIT]
-    dialect: str = "auto"
-    prompt_field: str | None = None
-    response_field: str | None = None
-    prompt_template: str | None = None
-    system_prompt: str | None = None
-    id_field: str = "id"
-    split: str | None = None
-    limit: int | None = None
+    path: str | None = knob(None, path="data")  # JSONL / JSON / Parquet / dataset folder / hf:NAME[:SPLIT]
+    dialect: str = "auto"  # auto | alpaca | sharegpt | messages | prompt_completion (igds.data)
+    prompt_field: str | None = None  # column holding the prompt (when the dialect cannot tell)
+    response_field: str | None = None  # column holding the response
+    prompt_template: str | None = None  # Python format string over the record's fields, e.g. "Q: {question}"
+    system_prompt: str | None = None  # system message put before every prompt
+    id_field: str = "id"  # column with a stable example id (row number when missing)
+    split: str | None = None  # split of a dataset folder or hf: dataset
+    limit: int | None = knob(None, ge=1)  # read only the first N examples
 
 
 @dataclass
 class RecallConfig:
     """Stage 1a: frequency recall of task features (all defaults ours)."""
 
-    probe_size: int = 256  # task examples used to measure firing statistics
-    reference_size: int = 256  # generic examples for the contrast
-    positions: str = "all"  # which tokens count: all | prompt | response
-    n_candidates: int = 32  # candidates passed to the causal filter (each costs V edited forwards)
-    min_example_freq: float = 0.25  # must fire in at least this share of task examples
-    min_task_freq: float = 0.005  # ... and on at least this share of task tokens
-    epsilon: float = 1e-3  # smoothing of the frequency ratio
+    probe_size: int = knob(256, ge=1)  # task examples used to measure firing statistics
+    reference_size: int = knob(256, ge=1)  # generic examples for the contrast
+    positions: Positions = "all"  # which tokens count: all | prompt | response
+    n_candidates: int = knob(32, ge=1)  # candidates passed to the causal filter (each costs V edited forwards)
+    min_example_freq: float = knob(0.25, ge=0, le=1)  # must fire in at least this share of task examples
+    min_task_freq: float = knob(0.005, ge=0, le=1)  # ... and on at least this share of task tokens
+    epsilon: float = knob(1e-3, gt=0)  # smoothing of the frequency ratio
 
 
 @dataclass
@@ -65,16 +82,16 @@ class FilterConfig:
     """Stage 1b: interventional (causal) filtering (all defaults ours)."""
 
     enabled: bool = True  # False = ablation "recall only": every candidate is kept
-    validation_size: int = 32  # task examples (disjoint from the probe set)
+    validation_size: int = knob(32, ge=1)  # task examples (disjoint from the probe set)
     # amplification factor: h' = h + (alpha - 1) f_j(h) W_dec[j]. On SmolLM2 + GSM8K, alpha=4
     # raised the reference loss for 24 of 24 candidates; alpha=2 kept 5 (BENCHMARKS.md).
     alpha: float = 2.0
-    positions: str = "all"  # where the edit is applied
-    z: float = 1.0  # keep if mean_delta - z * se > min_delta
-    min_delta: float = 0.0
-    max_features: int | None = 32  # keep at most this many (largest lower bound first)
-    fallback_top: int = 5  # if none passes, keep this many with positive mean effect (warned)
-    features_per_forward: int = 8  # features batched into one forward pass
+    positions: Positions = "all"  # where the edit is applied
+    z: float = knob(1.0, ge=0)  # keep if mean_delta - z * se > min_delta
+    min_delta: float = 0.0  # the smallest mean rise of the reference loss that counts
+    max_features: int | None = knob(32, ge=1)  # keep at most this many (largest lower bound first)
+    fallback_top: int = knob(5, ge=0)  # if none passes, keep this many with positive mean effect (warned)
+    features_per_forward: int = knob(8, ge=1, cache=False)  # features batched into one forward pass
     random_candidates: bool = False  # ablation "no recall": random features go through the filter
     cached_prefix: bool = True  # re-run only the blocks above the SAE layer
 
@@ -83,102 +100,249 @@ class FilterConfig:
 class ScoreConfig:
     """Stage 2: the Feature-Resonant Score (defaults ours)."""
 
-    aggregation: str = "mean"  # mean | sum | max over counted tokens (sum is length-biased)
+    aggregation: Literal["mean", "sum", "max"] = "mean"  # over counted tokens (sum is length-biased)
     normalize: bool = True  # divide each feature by its mean activation on the task probe set
-    combine: str = "mean"  # mean | sum over validated features
-    positions: str = "all"
-    max_length: int = 1024  # longer examples are truncated (and counted in run.json)
-    batch_tokens: int = 8192  # padded tokens per forward
-    batch_size: int = 32
-    shard_size: int = 512  # examples per resumable shard
-    top_examples: int = 8  # per validated feature, kept for the report
-    engine: str = "local"  # local | ray
-    ray_address: str | None = None
-    ray_actors: int = 1
-    ray_cpus_per_actor: float = 1.0
-    ray_gpus_per_actor: float = 0.0
-    ray_max_retries: int = 3  # retries of a shard whose worker died; -1 = without end (Ray's default)
+    combine: Literal["mean", "sum"] = "mean"  # over validated features
+    positions: Positions = "all"  # which tokens count: all | prompt | response
+    max_length: int = knob(1024, ge=2)  # longer examples are truncated (and counted in run.json)
+    batch_tokens: int = knob(8192, ge=1, cache=False)  # padded tokens per forward
+    batch_size: int = knob(32, ge=1, cache=False)  # examples per forward (at most)
+    # examples per resumable shard; the shard store's layout (scoring.score_cache_key keys on it), not the scores
+    shard_size: int = knob(512, ge=1, cache=False)
+    top_examples: int = knob(8, ge=0, cache=False)  # per validated feature, kept for the report
+    engine: Literal["local", "ray"] = knob("local", cache=False)  # where shards are scored
+    ray_address: str | None = knob(None, cache=False)  # Ray cluster address (None: start one locally)
+    ray_actors: int = knob(1, ge=1, cache=False)  # scoring actors, each holding the model and SAEs
+    ray_cpus_per_actor: float = knob(1.0, ge=0, cache=False)  # CPUs Ray reserves per actor
+    ray_gpus_per_actor: float = knob(0.0, ge=0, cache=False)  # GPUs (or a fraction) per actor
+    # retries of a shard whose worker died; -1 = without end (Ray's default)
+    ray_max_retries: int = knob(3, ge=-1, cache=False)
 
 
 @dataclass
 class SelectConfig:
-    ratio: float | None = 0.5
-    budget: int | None = None
+    ratio: float | None = knob(0.5, gt=0, le=1)  # share of the pool to keep (ignored when budget is set)
+    budget: int | None = knob(None, ge=1)  # number of pool examples to keep
 
 
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
-    task: DataConfig = field(default_factory=DataConfig)
+    task_data: DataConfig = field(default_factory=DataConfig)  # task examples for feature discovery
     validation: DataConfig = field(default_factory=DataConfig)  # optional separate validation file
-    reference: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:generic"))
-    pool: DataConfig = field(default_factory=DataConfig)
+    reference: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:generic"))  # generic contrast
+    pool: DataConfig = field(default_factory=DataConfig)  # the examples to score and select from
     recall: RecallConfig = field(default_factory=RecallConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
-    use_chat_template: bool = True
-    seed: int = 0
-    skip_bad: bool = False
-    report: bool = True
-    out: str = "runs/igds"
+    use_chat_template: bool = True  # format prompts with the tokenizer's chat template
+    seed: int = 0  # seed of the probe/validation split and random candidates
+    skip_bad: bool = False  # write bad input rows to RUN_DIR/rejects.jsonl instead of stopping
+    report: bool = True  # write RUN_DIR/report.html at the end
+    out: str = "runs/igds"  # the run directory (re-running into it resumes)
+
+    RENAMED = {"task": "task_data"}  # run directories written before the rename
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+# ====================================================================== igds experiment
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune. The paper publishes no recipe; every value here is ours.
+
+    Defaults are a common LoRA SFT recipe sized for small models and CPU runs:
+    LoRA r=16, alpha=32 on every linear layer of every block, lr 2e-4 with a short
+    warm-up and cosine decay, 3 epochs, batch 8, sequences up to 512 tokens.
+    """
+
+    method: Literal["lora", "full"] = "lora"  # "lora" (peft adapters) or "full" (every weight)
+    lora_r: int = knob(16, ge=1)  # LoRA rank
+    lora_alpha: int = knob(32, ge=1)  # LoRA scale numerator (scale = alpha / r)
+    # 0 on purpose: dropout 0.05 costs 30-40% step time on CPU (our timing on 2 cores, not in a benchmark) and
+    # a handful of epochs over a few thousand examples does not need it.
+    lora_dropout: float = knob(0.0, ge=0, lt=1)
+    # "all-linear" = every nn.Linear in the blocks (not the LM head), for any architecture;
+    # or a list of module names such as ["q_proj", "v_proj"].
+    target_modules: str | list[str] = "all-linear"
+    # Only these decoder blocks get adapters (None = all). Negative numbers count from the
+    # end, so [-1, -2, -3, -4] is "the top four blocks": no backward pass runs below them.
+    layers_to_transform: list[int] | None = None
+    learning_rate: float | None = knob(None, gt=0)  # None: 2e-4 for LoRA, 1e-5 for full fine-tuning
+    epochs: float = 3.0  # passes over the selection
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = knob(8, ge=1)  # examples per step (per accumulation)
+    grad_accum: int = knob(1, ge=1)  # gradient accumulation steps
+    warmup_ratio: float = knob(0.03, ge=0, le=1)  # share of steps with a linear warm-up
+    lr_scheduler: str = "cosine"  # any transformers scheduler name
+    weight_decay: float = knob(0.0, ge=0)  # AdamW weight decay
+    max_grad_norm: float = knob(1.0, ge=0)  # gradient clipping
+    max_length: int = knob(512, ge=1)  # longer examples are cut from the end (counted in finetune.json)
+    use_chat_template: bool = True  # must match how features were discovered and examples scored
+    group_by_length: bool = True  # batches of similar length: far less padding
+    # Logits only at response positions (same loss; much cheaper on CPU). Off = the
+    # model's own full-logits loss.
+    response_logits_only: bool = True
+    gradient_checkpointing: bool = False  # trade compute for memory
+    seed: int = 0  # seed of initialisation and data order (the experiment sets it per run)
+    dtype: str = "auto"  # "auto": bf16 on CUDA when supported, fp32 otherwise
+    save: bool = knob(True, cache=False)  # write the adapter (LoRA) or the whole model (full) under out_dir
+    logging_steps: int = knob(10, ge=1, cache=False)  # log every N steps
+    progress: bool = knob(True, cache=False)  # tqdm bar and tokens/s log lines
+
+    def __post_init__(self) -> None:
+        check(self, prefix="finetune.")  # also when built in code, not only when loaded
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            yield "epochs", "give epochs > 0 or max_steps > 0"
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return 2e-4 if self.method == "lora" else 1e-5
 
 
-def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key not in names:
-            raise KeyError(f"unknown config key {where}{key!r}; known: {sorted(names)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise TypeError(f"config key {where}{key} is a section; give a mapping")
-            _apply(current, value, f"{where}{key}.")
-        else:
-            setattr(obj, key, value)
+@dataclass
+class EvalConfig:
+    """Evaluation data and generation settings (defaults ours)."""
+
+    # eval files in the task's format; the first is the headline
+    paths: list[str] = knob(factory=list, path="data")
+    limit: int | None = knob(200, ge=1)  # first N examples of each file
+    max_new_tokens: int | None = knob(None, ge=1)  # None: the task's own cap (math 256, summarization 128, ...)
+    batch_size: int = knob(16, ge=1)  # prompts per generation batch
+    save_predictions: bool = True  # per-example predictions and losses next to each run's result
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for evaluate_task
 
 
-def set_key(cfg: Any, dotted: str, value: Any) -> None:
-    """Set ``section.key`` on a config tree (raises KeyError on unknown keys)."""
-    *parents, last = dotted.replace("-", "_").split(".")
-    obj = cfg
-    for i, p in enumerate(parents):
-        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
-            raise KeyError(f"unknown config section {'.'.join(parents[: i + 1])!r}")
-        obj = getattr(obj, p)
-    _apply(obj, {last: value}, ".".join(parents) + "." if parents else "")
+@dataclass
+class AmplificationConfig:
+    enabled: bool = True  # measure how much the validated features rose after fine-tuning
+    n_prompts: int = knob(64, ge=1)  # evaluation prompts (of the headline eval file) the activations are measured on
+    positions: Positions = "prompt"  # prompt | all (with the reference answer, teacher-forced) | response
+    eps: float = knob(1e-6, gt=0)  # smoothing of the activation ratio
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key=value")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+@dataclass
+class ExperimentConfig:
+    """Everything ``igds experiment`` needs: an IGDS run (``igds``: its model, pool, data,
+    SAEs and settings, whose ``out`` is the experiment's directory) plus what the
+    experiment adds: methods x ratios x seeds, fine-tuning and evaluation."""
+
+    name: str = "experiment"  # shown in results.md and the report
+    task: Any = "math"  # the task definition: a built-in task name (igds.tasks) or a mapping that defines one
+    # IGDS and everything the methods share (model, pool, data, out); igds.select is set from `ratios`
+    igds: RunConfig = field(default_factory=lambda: RunConfig(out="runs/experiment"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    methods: list[str] = field(default_factory=lambda: ["igds", "random"])  # of METHODS
+    ratios: list[float] = field(default_factory=lambda: [0.5])  # shares of the pool, each in (0, 1]
+    seeds: list[int] = field(default_factory=lambda: [0])  # fine-tuning seeds (and random-baseline draws)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method keyword options
+    amplification: AmplificationConfig = field(default_factory=AmplificationConfig)
+    # data sections read through the task definition (its prompt template and reference rendering)
+    task_format: list[str] = field(default_factory=lambda: list(DATA_SECTIONS))
+    task_data_excludes_pool: bool = True  # drop task examples whose id is also in the pool
+
+    # keys of the flat layout before the `igds` section, for a pointing error
+    MOVED = {**{k: f"igds.{k}" for k in ("model", "pool", "task_data", "validation", "reference", "sae", "recall",
+                                          "filter", "score", "use_chat_template", "skip_bad", "report", "out")},
+             "igds_seed": "igds.seed"}
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            yield "methods", f"unknown method(s) {bad}; known: {list(METHODS)}"
+        if not self.methods:
+            yield "methods", "give at least one method"
+        for r in self.ratios:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+                yield "ratios", f"{r!r} is not in (0, 1]"
+        if not self.seeds:
+            yield "seeds", "give at least one seed"
+        if not self.igds.pool.path:
+            yield "igds.pool.path", "the training pool is required"
+        if not self.eval.paths:
+            yield "eval.paths", "at least one evaluation file is required"
+        if any(m in IGDS_METHODS for m in self.methods) and not self.igds.task_data.path:
+            yield "igds.task_data.path", "IGDS needs task examples to discover features"
+        bad = [x for x in self.task_format if x not in DATA_SECTIONS]
+        if bad:
+            yield "task_format", f"{bad} are not data sections; use {list(DATA_SECTIONS)}"
 
 
+# ====================================================================== SAE training and evaluation
+@dataclass
+class TrainSAEConfig:
+    """Every knob of SAE training (:mod:`igds.train_sae`), with the defaults used for the shipped SAE.
+
+    ``data`` entries are data-source specs (:mod:`igds.sae_data`): a file readable by
+    :func:`igds.data.iter_records` or a ``.txt`` file, plus options after ``::``, e.g.
+    ``gsm8k/train.jsonl::prompt_field=question,response_field=answer,limit=3000``.
+    """
+
+    model: str = knob("smollm2-135m", path="model")  # HF id, local dir or built-in name
+    layers: list[int] = field(default_factory=lambda: [15])  # layer L = output of decoder block L
+    # training files, repeatable; options after '::', e.g. FILE::limit=3000,prompt_field=q,response_field=a
+    data: list[str] = knob(factory=list, path="source")
+    out_dir: str = knob("sae-out", cache=False)  # output folder (SAEs in OUT/layer_L, checkpoint, log)
+    d_sae: int | None = knob(None, ge=1)  # width; None -> expansion_factor * d_model
+    expansion_factor: int = knob(8, ge=1)  # width = expansion_factor * d_model when d_sae is not set
+    k: int = knob(32, ge=1)  # active latents per token (TopK)
+    max_length: int = knob(512, ge=2)  # tokens per example (longer ones are cut; counted in the log)
+    use_chat_template: bool = True  # as igds scoring sees prompts
+    text_field: str = "text"  # column of raw-text records
+    norm_filter: float = knob(10.0, ge=0)  # drop tokens with norm > norm_filter * median norm (0 = off)
+    forward_batch_tokens: int = knob(8192, ge=1)  # padded tokens per model forward
+    forward_batch_size: int = knob(32, ge=1)  # examples per model forward (at most)
+    total_tokens: int = knob(3_000_000, ge=1)  # training tokens = steps * batch_tokens
+    batch_tokens: int = knob(1024, ge=1)  # activation tokens per SAE step
+    # cache mode: collect this many activation tokens once and train epochs over them
+    activation_tokens: int | None = knob(None, ge=1)
+    buffer_tokens: int = knob(131_072, ge=1)  # streaming mode: shuffle-buffer size (activations per layer)
+    lr: float | None = knob(None, gt=0)  # None -> 2e-4 / sqrt(d_sae / 16384) (sparsify's rule)
+    warmup_steps: int = knob(100, ge=0)  # linear warm-up steps
+    lr_end_frac: float = knob(0.1, ge=0, le=1)  # cosine decay ends at lr * lr_end_frac
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's (beta1, beta2)
+    auxk_alpha: float = knob(1 / 32, ge=0)  # weight of the AuxK loss; 0 disables it
+    dead_tokens: int = knob(200_000, ge=1)  # a latent is dead after this many training tokens without firing
+    seed: int = 0  # seed of data order, subsets and initialisation
+    checkpoint_every: int = knob(500, ge=0, cache=False)  # steps; 0 = only at the end
+    log_every: int = knob(50, ge=1, cache=False)  # log every N steps
+    # dtype of the saved SAE weights ("float16" halves the size)
+    save_dtype: Literal["float32", "float16", "bfloat16"] = knob("float32", cache=False)
+    device: str = knob("auto", cache=False)  # auto = cuda if available else cpu
+    progress: bool = knob(True, cache=False)  # progress bars
+    stop_after_steps: int | None = knob(None, ge=1, cache=False)  # stop (with a checkpoint) after this many steps
+
+    def identity(self) -> dict[str, Any]:
+        """What the trained weights depend on (the resume check)."""
+        return cache_view(self)
+
+
+@dataclass
+class EvalSAEConfig:
+    """``igds eval-sae``: an SAE's reconstruction, sparsity and loss on held-out text (:mod:`igds.eval_sae`)."""
+
+    model: str = knob("smollm2-135m", path="model")  # HF id, local dir or built-in name
+    sae: str = knob("default", path="sae")  # SAE folder, 'default' (shipped SAE) or release/sae_id
+    data: list[str] = knob(factory=list, path="source")  # files, repeatable; FILE::limit=N,prompt_field=..
+    layer: int | None = None  # the layer the SAE reads (when the SAE does not say)
+    limit: int | None = knob(200, ge=1)  # records per file (seeded random subset)
+    max_length: int = knob(512, ge=2)  # tokens per example
+    seed: int = 0  # seed of the subsets
+    device: str = "auto"  # auto = cuda if available else cpu
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if not self.data:
+            yield "data", "give at least one evaluation file (--data FILE)"
+
+
+# ====================================================================== loading
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                cls: type = RunConfig) -> Any:
-    cfg = cls()
-    if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping")
-        try:
-            _apply(cfg, data, "")
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: {e.args[0]}") from None
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
-    for key, value in items:
-        set_key(cfg, key, value)
-    return cfg
-
-
-def dump_config(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+                cls: type = RunConfig, rules: bool = True) -> Any:
+    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides, every value checked before
+    any work starts (:class:`ConfigError`, one line naming the file and the key)."""
+    return load(cls, path, overrides, rules)

@@ -23,13 +23,11 @@ have a next token. Metrics:
   costs nothing, 0 = as bad as deleting the residual.
 
 Entry points: :func:`evaluate_sae` (objects in memory) and :func:`run_eval`
-(names and files, what ``igds eval-sae`` calls); ``python -m igds.eval_sae --help``.
+(an :class:`igds.config.EvalSAEConfig`, what ``igds eval-sae`` calls); ``igds eval-sae --help``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 import time
@@ -45,7 +43,8 @@ from .data import Example, TokenizedExample, tokenize_example
 from .losses import token_ce
 from .model import load_model, pad_id
 from .sae import SAE, check_compatible, load_sae
-from .train_sae import TrainSAEConfig, _source_texts, parse_source
+from .config import EvalSAEConfig
+from .sae_data import parse_source, source_examples
 
 
 @contextmanager
@@ -189,60 +188,36 @@ def evaluate_sae(lm: Any, sae: SAE, examples: Sequence[Example | TokenizedExampl
 
 def load_eval_examples(lm: Any, data: Sequence[str], limit: int | None, max_length: int, seed: int = 0,
                        use_chat_template: bool = True) -> list[TokenizedExample]:
-    """Read evaluation files (``PATH[::key=value,...]`` as in :func:`igds.train_sae.parse_source`)."""
-    cfg = TrainSAEConfig(max_length=max_length, use_chat_template=use_chat_template)
+    """Read evaluation files (data-source specs ``PATH[::key=value,...]``, :mod:`igds.sae_data`)."""
     rng = random.Random(seed)
     out: list[TokenizedExample] = []
     for spec in data:
         src = parse_source(spec)
         if src.limit is None:
             src.limit = limit
-        out += _source_texts(src, lm.tokenizer, cfg, rng)
+        out += source_examples(src, lm.tokenizer, max_length, use_chat_template, rng)
     if not out:
         raise ValueError(f"no evaluation examples in {list(data)}")
     return out
 
 
-def run_eval(model: str, sae: str, data: Sequence[str], *, layer: int | None = None, limit: int | None = 200,
-             max_length: int = 512, seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Load ``model`` and ``sae`` (a path, ``default`` or ``release/sae_id``) and evaluate on ``data``.
+def run_eval(cfg: EvalSAEConfig, progress: bool = True) -> dict[str, Any]:
+    """Load ``cfg.model`` and ``cfg.sae`` (a path, ``default`` or ``release/sae_id``) and evaluate on ``cfg.data``.
 
-    ``limit`` takes a seeded random subset of that many records per file."""
-    lm = load_model(model, device=device)
-    s = load_sae(sae, model_name=lm.name, layer=layer, device=lm.device)
-    examples = load_eval_examples(lm, data, limit, max_length, seed)
-    result = evaluate_sae(lm, s, examples, layer=layer, max_length=max_length, progress=progress)
-    result["data"] = list(data)
+    ``cfg.limit`` takes a seeded random subset of that many records per file."""
+    lm = load_model(cfg.model, device=cfg.device)
+    s = load_sae(cfg.sae, model_name=lm.name, layer=cfg.layer, device=lm.device)
+    examples = load_eval_examples(lm, cfg.data, cfg.limit, cfg.max_length, cfg.seed)
+    result = evaluate_sae(lm, s, examples, layer=cfg.layer, max_length=cfg.max_length, progress=progress)
+    result["data"] = list(cfg.data)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m igds.eval_sae", description="Evaluate an SAE on held-out text.")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--sae", default="default", help="SAE folder, 'default' (shipped SAE) or release/sae_id")
-    p.add_argument("--data", action="append", required=True, help="file; repeatable; FILE::limit=N,prompt_field=..")
-    p.add_argument("--layer", type=int, default=None)
-    p.add_argument("--limit", type=int, default=200, help="records per file (seeded random subset)")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = p.parse_args(argv)
-    try:
-        res = run_eval(args.model, args.sae, args.data, layer=args.layer, limit=args.limit,
-                       max_length=args.max_length, seed=args.seed, device=args.device, progress=not args.json)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        for key in ("sae", "layer", "n_tokens", "fve", "l0", "dead_fraction", "ce_clean", "ce_recon", "ce_zero",
-                    "loss_recovered"):
-            v = res[key]
-            print(f"{key:>16}: {v:.4f}" if isinstance(v, float) else f"{key:>16}: {v}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The headline numbers of :func:`run_eval`'s result, one per line."""
+    out = []
+    for key in ("sae", "layer", "n_tokens", "fve", "l0", "dead_fraction", "ce_clean", "ce_recon", "ce_zero",
+                "loss_recovered"):
+        v = result[key]
+        out.append(f"{key:>16}: {v:.4f}" if isinstance(v, float) else f"{key:>16}: {v}")
+    return out

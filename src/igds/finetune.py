@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_write_json
+from .config import FinetuneConfig
 from .data import Example, tokenize_example
 from .losses import postprocess_logits
 from .model import LoadedModel, load_model
@@ -43,78 +44,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
-
-
-@dataclass
-class FinetuneConfig:
-    """How to fine-tune. The paper publishes no recipe; every value here is ours.
-
-    Defaults are a common LoRA SFT recipe sized for small models and CPU runs:
-    LoRA r=16, alpha=32 on every linear layer of every block, lr 2e-4 with a short
-    warm-up and cosine decay, 3 epochs, batch 8, sequences up to 512 tokens.
-    """
-
-    method: str = "lora"  # "lora" (peft adapters) or "full" (every weight)
-    # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # 0 on purpose: dropout 0.05 costs 30-40% step time on CPU (docs/background.md) and
-    # a handful of epochs over a few thousand examples does not need it.
-    lora_dropout: float = 0.0
-    # "all-linear" = every nn.Linear in the blocks (not the LM head), for any architecture;
-    # or a list of module names such as ["q_proj", "v_proj"].
-    target_modules: str | list[str] = "all-linear"
-    # Only these decoder blocks get adapters (None = all). Negative numbers count from the
-    # end, so [-1, -2, -3, -4] is "the top four blocks": no backward pass runs below them.
-    layers_to_transform: list[int] | None = None
-    # optimisation
-    learning_rate: float | None = None  # None: 2e-4 for LoRA, 1e-5 for full fine-tuning
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512  # longer examples are cut from the end (counted in finetune.json)
-    use_chat_template: bool = True  # must match how features were discovered and examples scored
-    group_by_length: bool = True  # batches of similar length: far less padding
-    # Logits only at response positions (same loss; much cheaper on CPU). Off = the
-    # model's own full-logits loss.
-    response_logits_only: bool = True
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    dtype: str = "auto"  # "auto": bf16 on CUDA when supported, fp32 otherwise
-    save: bool = True  # write the adapter (LoRA) or the whole model (full) under out_dir
-    logging_steps: int = 10
-    progress: bool = True  # tqdm bar and tokens/s log lines
-
-    def __post_init__(self) -> None:
-        if self.method not in ("lora", "full"):
-            raise ValueError(f"finetune.method must be 'lora' or 'full', got {self.method!r}")
-        for name in ("lora_r", "batch_size", "grad_accum", "max_length"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"finetune.{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("finetune: give epochs > 0 or max_steps > 0")
-
-    @property
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return float(self.learning_rate)
-        return 2e-4 if self.method == "lora" else 1e-5
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "FinetuneConfig":
-        d = dict(d or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown finetune option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------- data
@@ -293,7 +222,7 @@ def _train_dtype(cfg: FinetuneConfig, device: torch.device) -> tuple[bool, bool]
         return False, True
     if cfg.dtype != "auto":
         raise ValueError(f"finetune.dtype must be auto, fp32, bf16 or fp16, got {cfg.dtype!r}")
-    # bf16 on CPU runs several times slower than fp32 (docs/background.md)
+    # bf16 on CPU runs several times slower than fp32 (our timing on 2 CPU cores; ModelConfig.dtype)
     return device.type == "cuda" and torch.cuda.is_bf16_supported(), False
 
 

@@ -27,7 +27,7 @@ import transformers
 
 from . import __version__
 from .artifacts import RunInfo, atomic_write_jsonl, atomic_write_text, run_directory, stable_hash
-from .config import RunConfig, dump_config, load_config
+from .config import RunConfig, cache_view, dump_config, load_config
 from .data import Example, Rejects, iter_examples, tokenize_example, write_records
 from .engines import score_features
 from .features import FeatureSet, find_task_features
@@ -54,16 +54,17 @@ def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources
                         "dtype": precision(lm.device, lm.dtype),
                         "max_length": cfg.score.max_length,
                         "data": {k: source_fingerprint(v) for k, v in sources.items()},
-                        "task": asdict(cfg.task), "validation": asdict(cfg.validation),
+                        "task": asdict(cfg.task_data), "validation": asdict(cfg.validation),
                         "reference": asdict(cfg.reference), "recall": asdict(cfg.recall),
-                        "filter": {k: v for k, v in asdict(cfg.filter).items() if k != "features_per_forward"},
+                        "filter": cache_view(cfg.filter),
                         "chat": cfg.use_chat_template, "seed": cfg.seed})
 
 
 def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
     """Stage 1, cached in ``RUN_DIR/features.json`` (with the task, validation and reference
     records skipped under ``--skip-bad``, in ``info.rejects``)."""
-    sources = {"task": resolve_source(cfg.task, "task"), "reference": resolve_source(cfg.reference, "reference")}
+    sources = {"task": resolve_source(cfg.task_data, "task_data"),
+               "reference": resolve_source(cfg.reference, "reference")}
     if cfg.validation.path:
         sources["validation"] = resolve_source(cfg.validation, "validation")
     key = _features_key(cfg, lm, saes, sources)
@@ -77,7 +78,7 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
                  cached.info.cache_key, key)
     tok = lm.tokenizer
     rejects = Rejects()
-    task = read_examples(cfg.task, "task", cfg.skip_bad, rejects=rejects)
+    task = read_examples(cfg.task_data, "task_data", cfg.skip_bad, rejects=rejects)
     val_examples = read_examples(cfg.validation, "validation", cfg.skip_bad, rejects=rejects) \
         if cfg.validation.path else None
     probe, val = split_task(task, cfg.recall.probe_size, cfg.filter.validation_size, cfg.seed, val_examples)

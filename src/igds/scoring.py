@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .activations import iter_activation_batches
 from .artifacts import atomic_write_json, atomic_write_parquet, read_json, stable_hash
-from .config import ScoreConfig
+from .config import ScoreConfig, cache_view
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
 from .features import FeatureSet
 from .inputs import count_records, precision, source_fingerprint
@@ -181,8 +181,7 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
     """Hash of everything the scores depend on: ``dtype`` is :func:`igds.inputs.precision` of
     where the scores are computed (bf16 and fp32 shards never mix), ``weights`` the
     :func:`igds.inputs.weights_fingerprint` of the model and SAE files (None: their names only)."""
-    relevant = {k: v for k, v in asdict(cfg).items()
-                if k in ("aggregation", "normalize", "combine", "positions", "max_length", "shard_size")}
+    relevant = {**cache_view(cfg), "shard_size": cfg.shard_size}  # shard_size: the store's layout
     return stable_hash({
         "model": lm_name, "dtype": dtype,
         "weights": weights,

@@ -42,269 +42,32 @@ steps; a rerun with the same config resumes exactly where the last one stopped.
 
 Entry points: :func:`train_sae` (model + data files) and
 :func:`train_on_activations` (a tensor you already have);
-``python -m igds.train_sae --help`` for the command line.
+``igds train-sae --help`` for the command line (flags from :class:`igds.config.TrainSAEConfig`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .artifacts import atomic_path, atomic_write_json, stable_hash
-from .data import DataError, DataSpec, TokenizedExample, detect_dialect, parse_record, tokenize_example
-from .readers import iter_records
+from .config import TrainSAEConfig
+from .model import load_model
 from .sae import SAE
+from .sae_data import ActivationStream, collect, load_training_examples
 
 CHECKPOINT = "checkpoint.pt"
 CACHE_DIR = "activation_cache"
-
-
-@dataclass
-class TrainSAEConfig:
-    """Every knob of SAE training, with the defaults used for the shipped SAE.
-
-    ``data`` entries are paths readable by :func:`igds.data.iter_records` (JSONL,
-    JSON, Parquet, dataset folders) or ``.txt`` files (one document per blank-line
-    separated paragraph). Records in a known dialect (Alpaca, ShareGPT, messages,
-    prompt/completion) become chat-formatted prompt + response; records with a
-    ``text_field`` become raw text. Options per source follow ``::`` as
-    comma-separated ``key=value`` pairs: ``limit`` (seeded random subset of that
-    many records), ``prompt_field``, ``response_field``, ``text_field``; e.g.
-    ``gsm8k/train.jsonl::prompt_field=question,response_field=answer,limit=3000``.
-    """
-
-    model: str = "smollm2-135m"
-    layers: list[int] = field(default_factory=lambda: [15])
-    data: list[str] = field(default_factory=list)
-    out_dir: str = "sae-out"
-    # --- architecture
-    d_sae: int | None = None  # width; None -> expansion_factor * d_model
-    expansion_factor: int = 8
-    k: int = 32
-    # --- data
-    max_length: int = 512  # tokens per example (longer ones are cut; counted in the log)
-    use_chat_template: bool = True  # as igds scoring sees prompts
-    text_field: str = "text"
-    norm_filter: float = 10.0  # drop tokens with norm > norm_filter * median norm (0 = off)
-    forward_batch_tokens: int = 8192  # padded tokens per model forward
-    forward_batch_size: int = 32
-    # --- optimisation
-    total_tokens: int = 3_000_000  # training tokens = steps * batch_tokens
-    batch_tokens: int = 1024
-    activation_tokens: int | None = None  # cache mode: collect this many once, train epochs over them
-    buffer_tokens: int = 131_072  # streaming mode: shuffle-buffer size (activations per layer)
-    lr: float | None = None  # None -> 2e-4 / sqrt(d_sae / 16384) (sparsify's rule)
-    warmup_steps: int = 100
-    lr_end_frac: float = 0.1  # cosine decay ends at lr * lr_end_frac
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    auxk_alpha: float = 1 / 32  # 0 disables AuxK
-    dead_tokens: int = 200_000  # a latent is dead after this many training tokens without firing
-    seed: int = 0
-    # --- bookkeeping
-    checkpoint_every: int = 500  # steps; 0 = only at the end
-    log_every: int = 50
-    save_dtype: str = "float32"  # dtype of the saved SAE weights ("float16" halves the size)
-    device: str = "auto"
-    progress: bool = True
-    stop_after_steps: int | None = None  # stop (with a checkpoint) after this many steps in this call
-
-    # fields that do not change the trained weights (excluded from the resume check)
-    _NON_IDENTITY = ("out_dir", "checkpoint_every", "log_every", "save_dtype", "device", "progress",
-                     "stop_after_steps")
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in self._NON_IDENTITY}
-
-
-# ====================================================================== data
-@dataclass
-class DataSource:
-    path: str
-    limit: int | None = None
-    prompt_field: str | None = None
-    response_field: str | None = None
-    text_field: str | None = None
-
-
-def parse_source(spec: str, default_text_field: str = "text") -> DataSource:
-    """``PATH[::key=value,...]`` -> :class:`DataSource` (keys: limit, prompt_field, response_field, text_field)."""
-    path, _, opts = spec.partition("::")
-    src = DataSource(path=path, text_field=default_text_field)
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or key not in ("limit", "prompt_field", "response_field", "text_field"):
-            raise ValueError(f"bad data option {item!r} in {spec!r}; use limit=N, prompt_field=F, "
-                             "response_field=F or text_field=F")
-        setattr(src, key, int(value) if key == "limit" else value)
-    return src
-
-
-def _source_texts(src: DataSource, tokenizer: Any, cfg: TrainSAEConfig, rng: random.Random
-                  ) -> list[TokenizedExample]:
-    """Tokenise one source (a seeded subset of ``limit`` records)."""
-    path = Path(src.path).expanduser()
-    if path.suffix == ".txt":
-        if not path.exists():
-            raise FileNotFoundError(f"data file not found: {path}")
-        paras = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-        items: list[Any] = [("text", p) for p in paras]
-    else:
-        spec = DataSpec(prompt_field=src.prompt_field, response_field=src.response_field)
-        items = []
-        for line, rec in iter_records(path):
-            dialect = detect_dialect(rec, spec)
-            if dialect is None and src.text_field and isinstance(rec.get(src.text_field), str):
-                if rec[src.text_field].strip():
-                    items.append(("text", rec[src.text_field]))
-                continue
-            items.append(("example", parse_record(rec, spec, str(path), line, dialect)))
-    if src.limit is not None and len(items) > src.limit:
-        items = [items[i] for i in sorted(rng.sample(range(len(items)), src.limit))]
-    out = []
-    for kind, item in items:
-        if kind == "text":
-            ids = tokenizer(item, add_special_tokens=True)["input_ids"]
-            out.append(TokenizedExample(ids=ids[: cfg.max_length], prompt_len=0, truncated=len(ids) > cfg.max_length))
-        else:
-            out.append(tokenize_example(tokenizer, item, cfg.max_length, cfg.use_chat_template))
-    return out
-
-
-def load_training_examples(cfg: TrainSAEConfig, tokenizer: Any) -> list[TokenizedExample]:
-    """All sources, tokenised, in file order (shuffled later, per pass)."""
-    if not cfg.data:
-        raise ValueError("no training data: give at least one data file (TrainSAEConfig.data / --data)")
-    rng = random.Random(cfg.seed)
-    examples: list[TokenizedExample] = []
-    for spec in cfg.data:
-        examples += _source_texts(parse_source(spec, cfg.text_field), tokenizer, cfg, rng)
-    examples = [e for e in examples if len(e.ids) >= 2]
-    if not examples:
-        raise ValueError(f"no usable examples in {cfg.data}")
-    return examples
-
-
-def plan_pass(lengths: Sequence[int], seed: int, max_tokens: int, max_batch: int, window: int = 512
-              ) -> list[list[int]]:
-    """Forward batches for one pass: seeded example order, length-grouped within windows.
-
-    Windows keep padding low while the stream stays a mix of sources and lengths."""
-    from .activations import length_batches
-
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    batches: list[list[int]] = []
-    for w in range(0, len(order), window):
-        ids = order[w : w + window]
-        for b in length_batches([lengths[i] for i in ids], max_tokens, max_batch):
-            batches.append([ids[j] for j in b])
-    return batches
-
-
-class ActivationStream:
-    """Counted, norm-filtered residuals of several layers, batch by batch, restartable at any batch."""
-
-    def __init__(self, lm: Any, examples: list[TokenizedExample], layers: list[int], cfg: TrainSAEConfig):
-        self.lm, self.examples, self.layers, self.cfg = lm, examples, layers, cfg
-        lengths = [len(e.ids) for e in examples]
-        self._plans: dict[int, list[list[int]]] = {}
-        self._lengths = lengths
-        self.batches_per_pass = len(self._plan(0))
-        self.thresholds: dict[int, float] | None = None  # per-layer norm ceilings, fixed on first use
-        self.n_seen = 0
-        self.n_dropped = 0
-
-    def _plan(self, p: int) -> list[list[int]]:
-        if p not in self._plans:
-            self._plans = {p: plan_pass(self._lengths, self.cfg.seed + 1000 * p, self.cfg.forward_batch_tokens,
-                                        self.cfg.forward_batch_size)}
-        return self._plans[p]
-
-    def calibrate(self, min_tokens: int = 4096) -> dict[int, float] | None:
-        """Fix the per-layer norm ceilings from the first batches of pass 0 (the same on every resume)."""
-        if not self.cfg.norm_filter or self.cfg.norm_filter <= 0:
-            return None
-        from .activations import iter_activation_batches
-
-        norms: dict[int, list[torch.Tensor]] = {L: [] for L in self.layers}
-        got = 0
-        for ab in iter_activation_batches(self.lm, self.examples, self.layers, max_tokens=self.cfg.forward_batch_tokens,
-                                          max_batch=self.cfg.forward_batch_size, batches=self._plan(0)):
-            for L in self.layers:
-                norms[L].append(ab.resid[L][ab.counted].float().norm(dim=-1).cpu())
-            got += int(ab.counted.sum())
-            if got >= min_tokens:
-                break
-        if got == 0:
-            raise ValueError("the data yielded no usable activation tokens (after removing the first token, "
-                             "special tokens and padding)")
-        self.thresholds = {L: float(torch.cat(v).median()) * self.cfg.norm_filter for L, v in norms.items()}
-        return self.thresholds
-
-    def iter_from(self, batch_index: int) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
-        """Yield ``(next batch index, {layer: (n, d) float32 cpu})`` forever (passes repeat, reshuffled)."""
-        from .activations import iter_activation_batches
-
-        while True:
-            p, i = divmod(batch_index, self.batches_per_pass)
-            if i == 0 and p > 0:
-                print(f"[train_sae] data pass {p + 1} begins (the data has been used once already)",
-                      file=sys.stderr)
-            plan = self._plan(p)[i:]
-            for ab in iter_activation_batches(self.lm, self.examples, self.layers, max_tokens=self.cfg.forward_batch_tokens,
-                                              max_batch=self.cfg.forward_batch_size, batches=plan):
-                batch_index += 1
-                counted = ab.counted & ab.attention_mask.bool().to(ab.counted.device)
-                acts = {L: ab.resid[L][counted].float().cpu() for L in self.layers}
-                n = next(iter(acts.values())).shape[0]
-                if n == 0:
-                    yield batch_index, acts
-                    continue
-                if self.cfg.norm_filter and self.cfg.norm_filter > 0:
-                    norms = {L: a.norm(dim=-1) for L, a in acts.items()}
-                    if self.thresholds is None:
-                        self.calibrate()
-                    assert self.thresholds is not None
-                    keep = torch.ones(n, dtype=torch.bool)
-                    for L in self.layers:
-                        keep &= norms[L] <= self.thresholds[L]
-                    acts = {L: a[keep] for L, a in acts.items()}
-                    self.n_dropped += int((~keep).sum())
-                self.n_seen += n
-                yield batch_index, acts
-
-
-def collect(stream_iter: Iterator[tuple[int, dict[int, torch.Tensor]]], layers: list[int], n_tokens: int,
-            max_empty_batches: int = 1000, bar: Any = None) -> tuple[dict[int, torch.Tensor], int]:
-    """Pull at least ``n_tokens`` activations (whole forward batches) from a stream."""
-    parts: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
-    got, empty, next_batch = 0, 0, 0
-    for next_batch, acts in stream_iter:
-        n = acts[layers[0]].shape[0]
-        empty = empty + 1 if n == 0 else 0
-        if empty >= max_empty_batches:
-            break
-        for L in layers:
-            parts[L].append(acts[L])
-        got += n
-        if bar is not None:
-            bar.update(n)
-        if got >= n_tokens:
-            break
-    if got == 0:
-        raise ValueError("the data yielded no usable activation tokens (after removing the first token, "
-                         "special tokens, padding and extreme-norm tokens)")
-    return {L: torch.cat(parts[L]) for L in layers}, next_batch
 
 
 # ====================================================================== the SAE being trained
@@ -481,8 +244,6 @@ def _run(cfg: TrainSAEConfig, layers: list[int], d_in: int, d_sae: int, get_chun
             torch.save(state, tmp)
 
     log_path = out_dir / "train_log.jsonl" if out_dir is not None else None
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total_steps * cfg.batch_tokens, initial=pos["step"] * cfg.batch_tokens, unit="tok",
                unit_scale=True, desc=f"train SAE L{','.join(map(str, layers))}", disable=not cfg.progress,
                mininterval=2.0, file=sys.stderr)
@@ -553,8 +314,6 @@ def train_sae(cfg: TrainSAEConfig, lm: Any = None) -> dict[int, Path]:
 
     ``lm`` may be an already loaded :class:`igds.model.LoadedModel` (else ``cfg.model``
     is loaded). Reruns with the same config resume from ``out_dir/checkpoint.pt``."""
-    from .model import load_model
-
     if lm is None:
         lm = load_model(cfg.model, device=cfg.device)
     layers = list(cfg.layers)
@@ -646,8 +405,6 @@ def _checkpoint_step(out_dir: Path) -> int:
 def _load_or_collect_cache(cfg: TrainSAEConfig, stream: ActivationStream, layers: list[int], out_dir: Path
                            ) -> dict[Any, Any]:
     """Cache mode: the activation set, read back from ``out_dir/activation_cache`` when present."""
-    import numpy as np
-
     cdir = out_dir / CACHE_DIR
     meta_path = cdir / "meta.json"
     key = stable_hash({k: v for k, v in cfg.identity().items()
@@ -662,8 +419,6 @@ def _load_or_collect_cache(cfg: TrainSAEConfig, stream: ActivationStream, layers
             cache["_thresholds"] = {int(L): v for L, v in meta["thresholds"].items()}
             print(f"[train_sae] reusing the activation cache in {cdir}", file=sys.stderr)
             return cache
-    from tqdm.auto import tqdm
-
     t = time.perf_counter()
     bar = tqdm(total=cfg.activation_tokens, unit="tok", unit_scale=True, desc="collect activations",
                disable=not cfg.progress, mininterval=2.0, file=sys.stderr)
@@ -709,66 +464,3 @@ def train_on_activations(acts: torch.Tensor | dict[int, torch.Tensor], cfg: Trai
         od.mkdir(parents=True, exist_ok=True)
     trainers = _run(cfg, layers, d_in, d_sae, lambda c, b: (data, 0), od, torch.device(device))
     return {L: t.to_sae(_metadata(cfg, L, t.scale, {})) for L, t in trainers.items()}
-
-
-# ====================================================================== command line
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainSAEConfig()
-    p = argparse.ArgumentParser(prog="python -m igds.train_sae", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--layers", default="15", help="comma-separated layers (layer L = output of block L)")
-    p.add_argument("--data", action="append", required=True,
-                   help="data file; repeatable; options after '::', e.g. FILE::limit=3000,prompt_field=q,response_field=a")
-    p.add_argument("--out", default=d.out_dir, help="output folder (SAEs in OUT/layer_L, checkpoint, log)")
-    p.add_argument("--d-sae", type=int, default=None, help="width (default: expansion factor x d_model)")
-    p.add_argument("--expansion-factor", type=int, default=d.expansion_factor)
-    p.add_argument("-k", "--k", type=int, default=d.k)
-    p.add_argument("--total-tokens", type=int, default=d.total_tokens)
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
-    p.add_argument("--activation-tokens", type=int, default=None,
-                   help="cache mode: collect this many activation tokens once and train epochs over them")
-    p.add_argument("--buffer-tokens", type=int, default=d.buffer_tokens)
-    p.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(d_sae / 16384)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--lr-end-frac", type=float, default=d.lr_end_frac)
-    p.add_argument("--auxk-alpha", type=float, default=d.auxk_alpha)
-    p.add_argument("--dead-tokens", type=int, default=d.dead_tokens)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--no-chat-template", action="store_true")
-    p.add_argument("--norm-filter", type=float, default=d.norm_filter)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--save-dtype", default=d.save_dtype, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--stop-after-steps", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainSAEConfig:
-    return TrainSAEConfig(
-        model=args.model, layers=[int(x) for x in str(args.layers).split(",") if x.strip()], data=list(args.data),
-        out_dir=args.out, d_sae=args.d_sae, expansion_factor=args.expansion_factor, k=args.k,
-        total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, activation_tokens=args.activation_tokens,
-        buffer_tokens=args.buffer_tokens, lr=args.lr, warmup_steps=args.warmup_steps, lr_end_frac=args.lr_end_frac,
-        auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_tokens, max_length=args.max_length,
-        use_chat_template=not args.no_chat_template, norm_filter=args.norm_filter, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype, device=args.device,
-        stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        paths = train_sae(config_from_args(args))
-    except (ValueError, FileNotFoundError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for L, path in paths.items():
-        print(f"layer {L}: {path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

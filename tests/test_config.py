@@ -1,0 +1,82 @@
+"""igds.config: values are checked when loaded, cache keys come from field metadata, flags from the tree."""
+
+import pytest
+
+from igds.cli import main
+from igds.config import (ConfigError, ExperimentConfig, FilterConfig, RunConfig, ScoreConfig, TrainSAEConfig,
+                         cache_view, field_help, load_config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("score.aggregation=avg", "command line: score.aggregation: 'avg' is not one of mean, sum, max"),
+    ("select.ratio=1.5", "command line: select.ratio: 1.5 is not <= 1"),
+    ("recall.n_candidates=abc", "command line: recall.n_candidates: expected an integer, got 'abc'"),
+    ("score.engine=spark", "command line: score.engine: 'spark' is not one of local, ray"),
+    ("filter.enabled=maybe", "command line: filter.enabled: expected true or false, got 'maybe'"),
+    ("sae.paths=[./no/such/sae]", "command line: sae.paths: './no/such/sae' does not exist"),
+])
+def test_bad_values_fail_on_load_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_bad_value_in_a_file_names_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("score:\n  aggregation: avg\n")
+    with pytest.raises(ConfigError, match=f"^{p}: score.aggregation: 'avg'"):
+        load_config(p)
+
+
+def test_hub_names_are_not_checked_as_files():
+    cfg = load_config(None, ["sae.paths=[gpt2-small-res-jb/blocks.8.hook_resid_pre]", "model.name=org/model",
+                             "pool.path=hf:gsm8k:train", "sae.layers=3"])
+    assert cfg.sae.layers == [3] and cfg.pool.path == "hf:gsm8k:train"
+
+
+def test_run_dirs_written_before_the_rename_still_load(tmp_path):
+    p = tmp_path / "config.yaml"
+    p.write_text("task: {path: null, limit: 5}\n")
+    assert load_config(p).task_data.limit == 5
+    assert load_config(None, ["task.limit=6"]).task_data.limit == 6
+
+
+def test_cache_view_leaves_out_knobs_that_do_not_change_results():
+    # the same keys the hand lists held, so existing caches stay valid
+    assert set(cache_view(ScoreConfig())) == {"aggregation", "normalize", "combine", "positions", "max_length"}
+    assert "features_per_forward" not in cache_view(FilterConfig()) and "alpha" in cache_view(FilterConfig())
+    ident = TrainSAEConfig().identity()
+    assert not {"out_dir", "checkpoint_every", "log_every", "save_dtype", "device", "progress",
+                "stop_after_steps"} & set(ident) and "k" in ident
+
+
+def test_every_knob_has_a_comment():
+    def walk(cls):
+        import dataclasses
+        helps = field_help(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in ("model", "sae", "task_data", "validation",
+                                                             "reference", "pool", "recall", "filter", "score",
+                                                             "select", "igds", "eval", "finetune", "amplification"):
+                continue
+            assert helps.get(f.name), f"{cls.__name__}.{f.name} has no comment"
+    for cls in (RunConfig, ScoreConfig, FilterConfig, TrainSAEConfig, ExperimentConfig):
+        walk(cls)
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--recall.n-candidates" in out and "candidates passed to the causal filter" in out
+    assert "--score.ray-max-retries" in out
+
+
+def test_config_show_prints_the_resolved_yaml(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("recall: {n_candidates: 7}\n")
+    assert main(["config", "show", "--config", str(p), "score.aggregation=max"]) == 0
+    out = capsys.readouterr().out
+    assert "n_candidates: 7" in out and "aggregation: max" in out
+    assert main(["config", "show", "--for", "train-sae", "k=4"]) == 0
+    assert "k: 4" in capsys.readouterr().out
