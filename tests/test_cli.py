@@ -24,7 +24,7 @@ def test_run_writes_features_scores_selection(setup, capsys):
     selected = [json.loads(line) for line in open(setup["out"] + "/selection.jsonl")]
     assert len(selected) == 10 and all("igds_score" in r for r in selected)
     # the pool's own dialect comes back: prompt/completion records with their extra fields
-    assert set(selected[0]) == {"id", "prompt", "completion", "source", "igds_score"}
+    assert set(selected[0]) == {"id", "prompt", "completion", "source", "igds_score", "igds_index", "igds_id"}
     assert sum(r["source"] == "math" for r in selected) >= 8
     assert (setup["out"] + "/config.yaml") and json.loads(open(setup["out"] + "/run.json").read())["pool_size"] == 20
 

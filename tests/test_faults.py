@@ -107,7 +107,7 @@ def test_sae_that_does_not_fit_the_model_is_a_clear_cli_error(setup, tmp_path, c
     setup["sae"] = str(tmp_path / "bad_sae")
     assert _run(setup, *layer_flag) == 2
     err = capsys.readouterr().err
-    assert f"igds run: error: SAE {tmp_path / 'bad_sae'}" in err and message in err and "Traceback" not in err
+    assert f"igds: error: SAE {tmp_path / 'bad_sae'}" in err and message in err and "Traceback" not in err
     assert not list((tmp_path / "run").glob("*.json")) and not (tmp_path / "run" / "scores.parquet").exists()
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from igds.activations import pad
+from igds.config import ConfigError, ExperimentConfig, load_config
 from igds.data import Example, tokenize_example
 from igds.finetune import (FinetuneConfig, ResponseCollator, ResponseOnlyLoss, build_train_data, finetune,
                            load_finetuned, train_model)
@@ -136,7 +137,7 @@ def test_full_finetune_is_seeded(tiny_lm, tmp_path):
 
 
 def test_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="lora_rank"):
-        FinetuneConfig.from_dict({"lora_rank": 8})
+    with pytest.raises(ConfigError, match="lora_rank"):
+        load_config(None, ["finetune.lora_rank=8"], cls=ExperimentConfig)
     with pytest.raises(ValueError, match="method"):
         FinetuneConfig(method="qlora")
