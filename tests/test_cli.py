@@ -63,13 +63,34 @@ def test_unknown_config_key_is_an_error(setup, capsys):
 
 def test_baseline_tables_select_like_igds(setup, tmp_path, capsys):
     out = tmp_path / "longest.parquet"
-    assert main(["baseline", "longest", "--pool", setup["pool"], "--out", str(out)]) == 0
+    assert main(["baseline", "longest", "--pool", setup["pool"], "--model", setup["model"], "--out", str(out)]) == 0
     assert _run(setup) == 0
     assert main(["select", setup["out"], "--ratio", "0.25", "--scores", str(out),
                  "--output", str(tmp_path / "sel.jsonl")]) == 0
     rows = [json.loads(line) for line in open(tmp_path / "sel.jsonl")]
     lengths = sorted((len(r["completion"]) for r in setup["pool_rows"]), reverse=True)
     assert len(rows) == 5 and all(len(r["completion"]) >= lengths[4] for r in rows)
+
+
+def test_baseline_targets_the_task_data_through_the_registry(setup, tmp_path):
+    # bm25 against the task rows ("add 7i and 17"): the pool's arithmetic rows must outrank the colour rows
+    out = tmp_path / "bm25.parquet"
+    assert main(["baseline", "bm25", "--pool", setup["pool"], "--task-data", setup["task"], "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.column_names[:4] == ["index", "id", "score", "n_tokens"]
+    score = dict(zip(table.column("id").to_pylist(), table.column("score").to_pylist()))
+    math_rows = [r["id"] for r in setup["pool_rows"] if r["source"] == "math"]
+    other_rows = [r["id"] for r in setup["pool_rows"] if r["source"] != "math"]
+    assert min(score[i] for i in math_rows) > max(score[i] for i in other_rows)
+
+
+def test_baseline_errors_are_one_line(setup, tmp_path, capsys):
+    assert main(["baseline", "bm25", "--pool", setup["pool"], "--task-data", setup["task"],
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "ending in .parquet" in capsys.readouterr().err
+    assert main(["baseline", "bm25", "--pool", setup["pool"], "--out", str(tmp_path / "x.parquet")]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("igds: error:") and "task_data" in err and err.count("\n") == 1
 
 
 def test_overrides_may_sit_between_flags():

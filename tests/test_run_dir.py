@@ -22,7 +22,8 @@ from igds.ray_engine import worker_placement
 from igds.selection import table_meta
 
 from planted import blank_sae, plant_detector
-from test_cli import REF, TASK, _run
+from conftest import REF, TASK
+from test_cli import _run
 
 REUSED = "features: reusing"
 
@@ -144,7 +145,7 @@ def test_a_second_run_into_a_locked_directory_refuses(setup, capsys):
     assert _run(setup) == 0
     with FileLock(setup["out"] + "/.igds.lock"):
         capsys.readouterr()
-        assert _run(setup) == 2
+        assert _run(setup) == 1  # a failure while working (exit codes: igds.cli), not a bad input
     assert "another igds command is writing into this run directory" in capsys.readouterr().err
 
 
@@ -178,7 +179,7 @@ def test_stale_rejects_are_removed_and_task_rejects_recorded(setup, tmp_path):
     assert _run(setup, "--skip-bad") == 0
     rejects = [json.loads(x) for x in open(setup["out"] + "/rejects.jsonl")]
     assert [(r["section"], r["line"]) for r in rejects] == [("task_data", 17), ("pool", 21)]
-    assert RunInfo.load(setup["out"] + "/run.json").rejects == {"task": 1, "pool": 1}
+    assert RunInfo.load(setup["out"] + "/run.json").rejects == {"task_data": 1, "pool": 1}
     open(setup["pool"], "w").write(pool)
     setup["task"] = clean_task
     assert _run(setup, "--skip-bad") == 0

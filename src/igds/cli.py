@@ -40,14 +40,21 @@ from typing import Any, Sequence
 
 import yaml
 
-from .config import (EvalSAEConfig, ExperimentConfig, RunConfig, TrainSAEConfig, dump_config, field_help, field_type,
-                     load_config)
+from .artifacts import atomic_write_json
+from .config import (IGDS_METHODS, EvalSAEConfig, ExperimentConfig, RunConfig, TrainSAEConfig, dump_config, field_help,
+                     field_type, load_config)
 from .data import DataError
 from .eval_sae import run_eval, summary_lines
+from .evaluate import evaluate_task
 from .experiment import results_markdown, run_experiment
+from .inputs import load_saes, read_examples
+from .model import load_model
 from .pipeline import load_features, reselect, run, stages
 from .quickstart import write_example_data
 from .report import write_report
+from .selection import write_score_table
+from .selectors import SELECTORS, SelectionContext, get_selector, run_selector
+from .tasks import get_task
 from .train_sae import train_sae
 
 # Short flags for the keys people set most; every key also has its long --section.key form.
@@ -58,6 +65,8 @@ RUN_ALIASES: dict[str, Any] = {
     "ratio": "select.ratio", "budget": "select.budget", "engine": "score.engine", "device": "model.device",
     "dtype": "model.dtype", "aggregation": "score.aggregation", "no-report": ("report", False),
 }
+BASELINE_ALIASES: dict[str, Any] = {**{k: v for k, v in RUN_ALIASES.items() if k not in ("ratio", "budget", "no-report")},
+                                    "max-length": "score.max_length"}
 TRAIN_SAE_ALIASES: dict[str, Any] = {"out": "out_dir", "no-chat-template": ("use_chat_template", False),
                                      "no-progress": ("progress", False)}
 CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -263,36 +272,33 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    """Score a pool with one of the paper's baselines (same table shape as IGDS)."""
-    from . import selectors as baselines
-    from .data import DataSpec, load_examples
-    from .selection import write_score_table
-
-    spec = DataSpec(prompt_field=args.prompt_field, response_field=args.response_field)
-    pool = load_examples(args.pool, spec)
-    if args.method in ("loss", "ifd"):
-        from .model import load_model
-        lm = load_model(args.model)
-        table = (baselines.loss_scores(lm, pool, keep=args.keep, max_length=args.max_length) if args.method == "loss"
-                 else baselines.ifd_scores(lm, pool, max_length=args.max_length))
-    elif args.method == "random":
-        table = baselines.random_scores(pool, seed=args.seed)
-    elif args.method == "zip":
-        table = baselines.zip_scores(pool)
-    else:
-        table = baselines.longest_scores(pool)
-    write_score_table(args.out, table)
-    print(f"{table.num_rows} examples scored by {args.method} -> {args.out}")
+    """``igds baseline NAME``: score the pool with a registered selector (:mod:`igds.selectors`)
+    into a score table that ``igds select --scores`` reads."""
+    cfg = config_from_args(args, RunConfig)
+    if not cfg.out.endswith(".parquet"):
+        raise UsageError(f"--out {cfg.out}: give the score table's file name, ending in .parquet")
+    selector = get_selector(args.method)
+    pool = read_examples(cfg.pool, "pool", cfg.skip_bad)
+    task = read_examples(cfg.task_data, "task_data", cfg.skip_bad) if "task" in selector.needs else ()
+    # a model also for `longest`, which then counts tokens of this model's tokenizer
+    wants_model = bool({"model", "sae"} & set(selector.needs)) or args.method == "longest"
+    lm = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trust_remote_code) \
+        if wants_model else None
+    # the SAE-based selectors read the first (lowest-layer) SAE, as in `igds experiment`
+    sae = next(iter(sorted(load_saes(cfg, lm).items())))[1] if "sae" in selector.needs else None
+    options = dict(parse_kv(o) for o in args.options)
+    if args.keep is not None:
+        options["keep"] = args.keep
+    ctx = SelectionContext(model=lm, task=task, sae=sae, seed=cfg.seed, max_length=cfg.score.max_length,
+                           use_chat_template=cfg.use_chat_template, options=options, progress=True)
+    table = run_selector(args.method, pool, ctx)
+    write_score_table(cfg.out, table)
+    print(f"{table.num_rows} examples scored by {args.method} -> {cfg.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model (optionally with a LoRA adapter) on a task's data."""
-    from .artifacts import atomic_write_json
-    from .evaluate import evaluate_task
-    from .model import load_model
-    from .tasks import get_task
-
     task = get_task(args.task)
     lm = load_model(args.model)
     if args.adapter:
@@ -353,16 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(fn=cmd_quickstart)
-    p = sub.add_parser("baseline", help="score a pool with Random/Loss/IFD/ZIP/longest (same table as IGDS)")
-    p.add_argument("method", choices=["random", "loss", "ifd", "zip", "longest"])
-    p.add_argument("--pool", required=True)
-    p.add_argument("--out", required=True, help="score table (.parquet); select from it with `igds select --scores`")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep", choices=["high", "low"], default="high", help="Loss baseline: hard (high) or easy end")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--prompt-field")
-    p.add_argument("--response-field")
+    p = sub.add_parser("baseline", help="score a pool with any registered selector (same table as IGDS)",
+                       description="Score --pool with one selector of igds.selectors into --out TABLE.parquet; "
+                                   "take any ratio or budget from it with `igds select RUN_DIR --scores TABLE`. "
+                                   "Every run key applies (pool.*, task_data.*, model.*, sae.*, seed, "
+                                   "score.max_length).")
+    p.add_argument("method", choices=sorted(n for n in SELECTORS if n not in IGDS_METHODS),
+                   help="the selector; dsir, bm25, embed and mona target --task-data")
+    p.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the selector (see its module in igds.selectors), e.g. --opt aggregate=max")
+    p.add_argument("--keep", choices=["high", "low"], help="= --opt keep=...: Loss keeps the hard (high) or easy end")
+    add_config_options(p, RunConfig, BASELINE_ALIASES)
     p.set_defaults(fn=cmd_baseline)
     p = sub.add_parser("evaluate", help="task metric + reference loss of a model (or base + LoRA adapter)")
     p.add_argument("--task", required=True, help="math | summarization | translation | task.yaml")

@@ -57,7 +57,7 @@ the task gain (headline metric minus the base model's) across all fine-tuned run
 reported as Pearson and Spearman coefficients with their p-values and n.
 """
 
-from ..config import (BASELINE_METHODS, DATA_SECTIONS, IGDS_METHODS, METHODS, AmplificationConfig, EvalConfig,
+from ..config import (DATA_SECTIONS, IGDS_METHODS, AmplificationConfig, EvalConfig,
                       ExperimentConfig)
 from .results import (amplification, build_results, correlation, eval_name, flatten_metrics, fmt_cell,
                       headline_metric, mean_std, results_csv, results_markdown, run_id, summarize, write_results)

@@ -13,10 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .. import selectors as baselines
 from ..artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, stable_hash
-from ..config import (DATA_SECTIONS, IGDS_METHODS, DataConfig, EvalConfig, ExperimentConfig, RunConfig, cache_view,
-                      check, dump_config, load_config)
+from ..config import (DATA_SECTIONS, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig, RunConfig,
+                      cache_view, check, dump_config, load_config)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..features import FeatureSet
@@ -26,7 +25,9 @@ from ..model import LoadedModel, load_model
 from ..pipeline import igds_scores
 from ..report import write_report
 from ..scoring import feature_activations, source_fingerprint
+from ..sae import SAE
 from ..selection import read_score_table, select_indices, write_score_table
+from ..selectors import SELECTORS, SelectionContext, get_selector, run_selector
 from ..tasks import Task, get_task
 from .results import (amplification, build_results, eval_name, flatten_metrics, headline_metric, results_markdown,
                       run_id, write_results)
@@ -36,7 +37,22 @@ def load_experiment_config(path: str | Path | None = None, overrides: list[str] 
                            ) -> ExperimentConfig:
     """Defaults <- YAML file <- ``key=value`` overrides (``finetune.epochs=1``, ``methods=[igds,random]``),
     every value checked (:class:`igds.config.ConfigError`)."""
-    return load_config(path, overrides, cls=ExperimentConfig)
+    cfg = load_config(path, overrides, cls=ExperimentConfig)
+    check_methods(cfg, str(path) if path else "config")
+    return cfg
+
+
+def experiment_methods() -> list[str]:
+    """What ``methods`` may name: ``full`` and every registered selector (:mod:`igds.selectors`)."""
+    return ["full", *sorted(SELECTORS)]
+
+
+def check_methods(cfg: ExperimentConfig, where: str = "config") -> None:
+    """Unknown method names fail before any work, listing the known ones."""
+    known = experiment_methods()
+    bad = [m for m in cfg.methods if m not in known]
+    if bad:
+        raise ConfigError(f"{where}: methods: unknown method(s) {bad}; known: {known}")
 
 
 def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, DataConfig] | None = None
@@ -103,22 +119,20 @@ def _numbers(d: dict[str, Any]) -> dict[str, float]:
 
 
 def baseline_table(method: str, lm: LoadedModel, pool: Sequence[Example], seed: int, options: dict[str, Any],
-                   cfg: ExperimentConfig) -> pa.Table:
-    common = {"max_length": cfg.finetune.max_length, "use_chat_template": cfg.igds.use_chat_template}
-    if method == "random":
-        return baselines.random_scores(pool, seed=seed, **options)
-    if method == "loss":
-        return baselines.loss_scores(lm, pool, **{**common, **options})
-    if method == "ifd":
-        return baselines.ifd_scores(lm, pool, **{**common, **options})
-    if method == "zip":
-        # The greedy stops at the largest budget; its pick order serves every smaller ratio.
-        if "ratio" not in options and "budget" not in options:
-            options = {**options, "ratio": max(cfg.ratios)}
-        return baselines.zip_scores(pool, **options)
-    if method == "longest":
-        return baselines.longest_scores(pool, tokenizer=lm.tokenizer, **options)
-    raise ValueError(f"not a baseline: {method!r}")
+                   cfg: ExperimentConfig, task: Sequence[Example] = (), sae: SAE | None = None,
+                   shared: dict[Any, Any] | None = None) -> pa.Table:
+    """The score table of the registered selector ``method`` over ``pool``, as the experiment runs it.
+
+    Loss and IFD truncate at ``finetune.max_length`` (the length every arm is trained at);
+    ZIP's greedy stops at the largest ratio, whose pick order serves every smaller one;
+    ``task`` and ``sae`` serve the targeting selectors (dsir, bm25, embed, mona), and
+    ``shared`` lets embed and mona share one forward pass."""
+    if method == "zip" and "ratio" not in options and "budget" not in options:
+        options = {**options, "ratio": max(cfg.ratios)}
+    ctx = SelectionContext(model=lm, task=task, sae=sae, seed=seed, max_length=cfg.finetune.max_length,
+                           use_chat_template=cfg.igds.use_chat_template, options=options, progress=True,
+                           shared={} if shared is None else shared)
+    return run_selector(method, pool, ctx)
 
 
 # ====================================================================== the runner
@@ -134,6 +148,7 @@ class Experiment:
     _data: dict[str, DataConfig] | None = None
     _evals: dict[str, list[Example]] | None = None
     _tables: dict[tuple[str, int], pa.Table] = field(default_factory=dict)
+    _shared: dict[Any, Any] = field(default_factory=dict)  # work selectors share (embed and mona: one pass)
     _features: Any = None
     _saes: Any = None
 
@@ -216,7 +231,13 @@ class Experiment:
         if method == "full":
             return {}
         opts = c.baselines.get(method, {})
-        key = {"options": opts, "max_length": c.finetune.max_length}
+        key: dict[str, Any] = {"options": opts, "max_length": c.finetune.max_length}
+        needs = get_selector(method).needs
+        if "task" in needs:
+            task_data = self.data()["task_data"]
+            key["task"] = {**asdict(task_data), "sha": source_fingerprint(resolve_source(task_data, "task_data"))}
+        if "sae" in needs:
+            key["sae"] = [s.describe() for _, s in sorted(self.saes().items())]
         return {**key, "seed": seed} if method == "random" else key
 
     def run_key(self, method: str, ratio: float, seed: int) -> str:
@@ -248,8 +269,7 @@ class Experiment:
             else:
                 print(f"experiment: scoring the pool with baseline {method!r}" +
                       (f" (seed {seed})" if method == "random" else ""))
-                table = baseline_table(method, self.model(), self.pool(), seed,
-                                       self.cfg.baselines.get(method, {}), self.cfg)
+                table = self.selector_table(method, seed)
                 write_score_table(path, table)
                 atomic_write_json(side, {"key": key, "method": method, "seed": seed if method == "random" else None})
         ids = table.column("id").to_pylist()
@@ -258,6 +278,15 @@ class Experiment:
                                f"({len(ids)} rows vs {len(self.pool())} pool examples)")
         self._tables[mem] = table
         return table
+
+    def selector_table(self, method: str, seed: int) -> pa.Table:
+        """A registered selector's table, with the task examples and SAE it needs."""
+        needs = get_selector(method).needs
+        task = read_examples(self.data()["task_data"], "task_data", self.cfg.igds.skip_bad) if "task" in needs else ()
+        # the SAE-based selectors read the first SAE (the lowest layer) of the IGDS run
+        sae = next(iter(sorted(self.saes().items())))[1] if "sae" in needs else None
+        return baseline_table(method, self.model(), self.pool(), seed, self.cfg.baselines.get(method, {}), self.cfg,
+                              task, sae, self._shared)
 
     def baseline_path(self, method: str, seed: int) -> Path:
         bdir = self.run_dir / "baselines"
@@ -401,6 +430,7 @@ class Experiment:
 def run_experiment(cfg: ExperimentConfig, lm: LoadedModel | None = None, task: Task | None = None) -> dict[str, Any]:
     """Run (or finish) an experiment; returns the results.json content."""
     check(cfg)  # again: code may have changed values since loading
+    check_methods(cfg)
     return Experiment(cfg, lm=lm, task=task).run()
 
 

@@ -36,14 +36,15 @@ Adding a selector: one file here and its test.
    ``@register("<name>")``; set ``needs`` to what it reads from the context, and read
    its options with ``self.options(ctx, key=default, ...)``. The module docstring says
    what the score is and which choices are ours.
-2. Import the module below, so that importing :mod:`igds.selectors` registers it.
-3. A test in ``tests/test_selectors.py`` that it ranks a planted toy pool correctly
+2. A test in ``tests/test_selectors.py`` that it ranks a planted toy pool correctly
    (one that fails if the score were reversed or constant).
 
 The CLI (``igds baseline NAME``) and the experiment runner read :data:`SELECTORS`.
 """
 
-from . import bm25, dsir, embed, frs, ifd, longest, loss, mona, random, zip  # noqa: F401  (registers them)
+import importlib
+import pkgutil
+
 from .base import (SELECTORS, SelectionContext, Selector, check_context, check_table, get_selector, register,
                    run_selector)
 from .bm25 import bm25_scores
@@ -59,3 +60,8 @@ __all__ = ["SELECTORS", "SelectionContext", "Selector", "check_context", "check_
            "run_selector", "answer_only", "bm25_scores", "dsir_scores", "ifd_scores", "longest_scores", "loss_scores",
            "random_scores", "zip_order", "zip_scores", "zip_stage_sizes", "compression_ratio", "ExampleMeans",
            "similarity_tables"]
+
+# Every module of this package is imported, so each ``@register`` runs: a new selector is one
+# new file, with no list to update.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
