@@ -9,4 +9,4 @@ Each stage is importable on its own; :mod:`igds.pipeline` chains them and
 :mod:`igds.cli` mirrors the same operations on the command line.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_write_json
+from .artifacts import atomic_dir, atomic_write_json
 from .config import FinetuneConfig
 from .data import Example, tokenize_example
 from .losses import postprocess_logits
@@ -228,18 +227,10 @@ def _train_dtype(cfg: FinetuneConfig, device: torch.device) -> tuple[bool, bool]
 
 def _save_atomic(obj: Any, dest: Path, tokenizer: Any = None) -> None:
     """save_pretrained into a temporary folder, then rename: a killed run leaves no half adapter."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         obj.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_model(lm_or_name: LoadedModel | str, examples: Sequence[Example], cfg: FinetuneConfig | None = None,

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .artifacts import atomic_dir
 
 BUILTIN_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
@@ -197,9 +197,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     if (out_dir / "config.json").exists():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:  # atomic: a killed conversion leaves no half cache
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -207,10 +205,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         plain = _rebuild_plain(model)
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out_dir)  # atomic: a killed conversion leaves no half cache
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 import transformers
 
-from . import __version__
+from ._version import __version__
 from .artifacts import RunInfo, atomic_write_jsonl, atomic_write_text, run_directory, stable_hash
 from .config import RunConfig, cache_view, dump_config, load_config
 from .data import Example, Rejects, iter_examples, tokenize_example, write_records

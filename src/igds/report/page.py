@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts import atomic_write_text
 from .cards import section_cards
 from .experiment import section_experiment
