@@ -220,8 +220,9 @@ def build_pool(spec: PoolSpec, task: Task, task_source: str, n_task: int, n_near
 # ====================================================================== arms
 def regex_scores(pool: Sequence[Example], fixed: Sequence[str], seed: int) -> pa.Table:
     """The sanity floor: how many of the template's fixed strings a row contains, ties broken
-    at random (a tie-break in [0, 0.5) never crosses a count)."""
-    rng = np.random.default_rng(seed)
+    at random (a tie-break in [0, 0.5) never crosses a count; its own random stream, so that
+    on a template-free pool it does not copy the ``random`` arm's pick)."""
+    rng = np.random.default_rng([seed, 0x9E6E])
     hits = np.array([sum(s in e.prompt + "\n" + e.response for s in fixed) for e in pool], dtype=np.float64)
     return make_score_table([e.id for e in pool], hits + rng.random(len(pool)) * 0.5, np.zeros(len(pool), np.int64),
                             extra={"fixed_strings_found": hits}, meta={"method": "regex", "fixed_strings": list(fixed)})
@@ -239,7 +240,9 @@ class Arms:
     def config(self, arm: str) -> dict[str, Any]:
         """What the arm's table depends on besides the pool (the cache key's other half)."""
         c = self.cfg
-        out: dict[str, Any] = {"arm": arm, "seed": self.seed, "options": c.baselines.get(arm, {})}
+        out: dict[str, Any] = {"arm": arm, "options": c.baselines.get(arm, {})}
+        if arm in ("random", "regex"):  # the others do not draw (IGDS's seed is in its method key)
+            out["seed"] = self.seed
         if arm in NEEDS_MODEL:
             out.update(model=c.igds.model.name, max_length=c.finetune.max_length, chat=c.igds.use_chat_template)
         if arm in ("dsir", "bm25", "embed", "mona") or arm in IGDS_ARMS:
