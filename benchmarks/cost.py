@@ -44,7 +44,7 @@ from igds.features import FeatureSet
 from igds.intervention import feature_effects
 from igds.losses import target_mask
 from igds.model import load_model
-from igds.sae import load_sae
+from igds.sae_loading import load_sae
 from igds.scoring import FeatureScorer
 from splice import splice
 

@@ -56,7 +56,7 @@ def pool_path() -> Path:
 
 def sae_spec(tmp: Path, d_model: int) -> tuple[str, str]:
     """The shipped SAE if there is one, else a random TopK SAE of its shape saved to ``tmp``."""
-    from igds.sae import load_sae
+    from igds.sae_loading import load_sae
 
     try:
         load_sae("default", model_name=MODEL, layer=LAYER)
