@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .features import FeatureSet
+from .feature_set import FeatureSet
 from .inputs import load_saes
 from .model import load_model, parse_dtype
 from .scoring import FeatureScorer, Shard, ShardStore
