@@ -40,11 +40,11 @@ from igds.artifacts import atomic_write_text
 from igds.selectors import answer_only, ifd_scores, loss_scores
 from igds.config import ScoreConfig
 from igds.data import load_examples, tokenize_example
-from igds.features import FeatureSet
+from igds.feature_set import Candidate, FeatureSet
 from igds.intervention import feature_effects
 from igds.losses import target_mask
 from igds.model import load_model
-from igds.sae import load_sae
+from igds.sae_loading import load_sae
 from igds.scoring import FeatureScorer
 from splice import splice
 
@@ -104,8 +104,8 @@ def full_logits_losses(lm, toks, max_tokens: int = 8192, max_batch: int = 16) ->
 
 def random_features(sae, k: int, seed: int = 0) -> FeatureSet:
     feats = sorted(random.Random(seed).sample(range(sae.d_sae), k))
-    cands = [{"key": f"L{LAYER}/F{j}", "layer": LAYER, "feature": j, "scale": 1.0, "validated": True} for j in feats]
-    return FeatureSet(cands, [c["key"] for c in cands])
+    cands = [Candidate(f"L{LAYER}/F{j}", LAYER, j, scale=1.0, validated=True) for j in feats]
+    return FeatureSet(cands, [c.key for c in cands])
 
 
 def bench(args) -> dict:
@@ -140,7 +140,7 @@ def bench(args) -> dict:
     val = toks[: args.val_size]
     ids, mask = pad(val, lm.tokenizer.pad_token_id)
     tgt, edit = target_mask(val, ids.shape[1]), count_mask(val, ids.shape[1])
-    feats = [c["feature"] for c in fs.validated_features][: args.filter_features]
+    feats = [c.feature for c in fs.validated_features][: args.filter_features]
     for name, cached in (("filter_cached_s", True), ("filter_naive_s", False)):
         (base, amp), res[name] = timed(lambda: feature_effects(lm, sae, LAYER, feats, ids, mask, tgt, edit, 4.0,
                                                                chunk=8, cached_prefix=cached))

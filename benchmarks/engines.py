@@ -34,7 +34,7 @@ from igds.artifacts import atomic_write_text
 from igds.config import load_config
 from igds.data import load_examples, tokenize_example
 from igds.engines import score_features
-from igds.features import FeatureSet
+from igds.feature_set import Candidate, FeatureSet
 from igds.inputs import data_spec, load_saes, resolve_source
 from igds.model import load_model
 from igds.sae import SAE
@@ -56,7 +56,7 @@ def pool_path() -> Path:
 
 def sae_spec(tmp: Path, d_model: int) -> tuple[str, str]:
     """The shipped SAE if there is one, else a random TopK SAE of its shape saved to ``tmp``."""
-    from igds.sae import load_sae
+    from igds.sae_loading import load_sae
 
     try:
         load_sae("default", model_name=MODEL, layer=LAYER)
@@ -73,8 +73,8 @@ def sae_spec(tmp: Path, d_model: int) -> tuple[str, str]:
 
 def features(k: int = 16) -> FeatureSet:
     feats = sorted(random.Random(0).sample(range(4608), k))
-    cands = [{"key": f"L{LAYER}/F{j}", "layer": LAYER, "feature": j, "scale": 1.0, "validated": True} for j in feats]
-    return FeatureSet(cands, [c["key"] for c in cands])
+    cands = [Candidate(f"L{LAYER}/F{j}", LAYER, j, scale=1.0, validated=True) for j in feats]
+    return FeatureSet(cands, [c.key for c in cands])
 
 
 def main(argv: list[str] | None = None) -> None:

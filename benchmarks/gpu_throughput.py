@@ -52,7 +52,7 @@ from igds.artifacts import atomic_write_json
 from igds.config import ScoreConfig
 from igds.data import TokenizedExample
 from igds.evaluate import token_losses
-from igds.features import FeatureSet
+from igds.feature_set import Candidate, FeatureSet
 from igds.model import LoadedModel, with_sdpa
 from igds.sae import SAE
 from igds.scoring import FeatureScorer
@@ -136,8 +136,8 @@ def answer_only(toks: list[TokenizedExample]) -> list[TokenizedExample]:
 
 def random_features(sae: SAE, layer: int, k: int) -> FeatureSet:
     feats = sorted(np.random.default_rng(2).choice(sae.d_sae, k, replace=False).tolist())
-    cands = [{"key": f"L{layer}/F{j}", "layer": layer, "feature": j, "scale": 1.0, "validated": True} for j in feats]
-    return FeatureSet(cands, [c["key"] for c in cands])
+    cands = [Candidate(f"L{layer}/F{j}", layer, j, scale=1.0, validated=True) for j in feats]
+    return FeatureSet(cands, [c.key for c in cands])
 
 
 def make_scorer(lm: LoadedModel, sae: SAE, layer: int, toks: list[TokenizedExample], n_features: int,

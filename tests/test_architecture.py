@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "igds"
 MAX_LINES = 500
@@ -107,18 +105,9 @@ def _loop_in(graph: dict[str, set[str]], group: set[str]) -> list[str]:
     raise AssertionError(f"no loop through {start} in {sorted(group)}")
 
 
-# The evaluate <-> tasks loop (review section 1.2, circle 2) is being removed by the move
-# that gives the metrics their own module; until that lands it is reported, not failed.
-KNOWN_CYCLES = [{"igds.evaluate", "igds.tasks"}]
-
-
 def test_no_import_cycles():
     found = cycles(import_graph(SRC, PACKAGE))
-    text = {" -> ".join(c): set(c) for c in found}
-    unknown = [t for t, members in text.items() if members not in KNOWN_CYCLES]
-    assert not unknown, "import cycles in src/igds:\n  " + "\n  ".join(unknown)
-    if text:
-        pytest.xfail("known import cycle, removed by the metrics move (review 6.2, move 4): " + "; ".join(text))
+    assert not found, "import cycles in src/igds:\n  " + "\n  ".join(" -> ".join(c) for c in found)
 
 
 def test_the_cycle_finder_sees_loops_inside_functions_and_subpackages(tmp_path):
@@ -142,8 +131,6 @@ def long_modules(root: Path, limit: int) -> dict[str, int]:
     return {name: n for name, n in lines.items() if n > limit}
 
 
-@pytest.mark.xfail(strict=False, reason="being split by other moves of review 6.2: igds.report (1,160 lines), "
-                   "igds.experiment (785), igds.train_sae (773), igds.examples (623)")
 def test_no_module_over_500_lines():
     too_long = long_modules(SRC, MAX_LINES)
     assert not too_long, f"modules over {MAX_LINES} lines: " + ", ".join(f"{k} ({v})" for k, v in too_long.items())

@@ -114,7 +114,7 @@ def test_bad_inputs(tiny_lm):
 @pytest.mark.real
 def test_default_sae_quality_on_held_out_text(real_lm, shared_data):
     from igds.eval_sae import load_eval_examples
-    from igds.sae import load_sae
+    from igds.sae_loading import load_sae
 
     sae = load_sae("default", model_name="smollm2-135m")
     assert (sae.layer, sae.d_in, sae.d_sae, sae.k) == (15, 576, 4608, 32)

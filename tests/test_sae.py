@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from igds.sae import SAE, UnsupportedHook, check_compatible, hook_layer, load_sae
+from igds.sae import SAE, UnsupportedHook, check_compatible, hook_layer
+from igds.sae_loading import load_sae
 
 
 def random_sae(arch: str, d_in=16, d_sae=64, k=8, seed=0) -> SAE:

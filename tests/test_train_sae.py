@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from igds.sae import load_sae
+from igds.sae_loading import load_sae
 from igds.config import TrainSAEConfig
 from igds.sae_data import ActivationStream, load_training_examples, parse_source
 from igds.train_sae import TopKTrainer, export_checkpoint, lr_at, train_on_activations, train_sae

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig
-from .features import FeatureSet
+from .feature_set import FeatureSet
 from .inputs import data_spec, precision, resolve_source, weights_fingerprint
 from .model import LoadedModel
 from .ray_engine import RayCompute, worker_placement

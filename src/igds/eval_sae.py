@@ -42,7 +42,8 @@ from .activations import block_hidden, count_mask, length_batches, pad, residual
 from .data import Example, TokenizedExample, tokenize_example
 from .losses import token_ce
 from .model import load_model, pad_id
-from .sae import SAE, check_compatible, load_sae
+from .sae import SAE, check_compatible
+from .sae_loading import load_sae
 from .config import EvalSAEConfig
 from .sae_data import parse_source, source_examples
 

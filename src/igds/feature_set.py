@@ -214,11 +214,6 @@ class FeatureSet:
     info: FeatureInfo = field(default_factory=FeatureInfo)
     warnings: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        # benchmarks/ still build candidates as plain objects; parse them like features.json
-        self.candidates = [c if isinstance(c, Candidate) else Candidate.from_dict(c, f"candidates[{i}]")
-                           for i, c in enumerate(self.candidates)]
-
     @property
     def validated_features(self) -> list[Candidate]:
         by_key = {c.key: c for c in self.candidates}

@@ -21,7 +21,8 @@ from .artifacts import fingerprint, sha256_file
 from .config import DataConfig, RunConfig
 from .data import DataSpec, Example, Rejects, load_examples
 from .model import BUILTIN_MODELS, LoadedModel, builtin_gguf_path
-from .sae import SAE, check_compatible, default_sae_path, load_sae
+from .sae import SAE, check_compatible
+from .sae_loading import default_sae_path, load_sae
 
 BUILTIN_REFERENCE = Path(__file__).parent / "assets" / "reference" / "generic_instructions.jsonl"
 

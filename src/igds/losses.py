@@ -1,7 +1,7 @@
 """Teacher-forced token losses: the one cross-entropy of the house.
 
 The causal filter (:mod:`igds.intervention`), the reference loss (:mod:`igds.evaluate`),
-the Loss/IFD baselines (:mod:`igds.baselines`), SAE evaluation (:mod:`igds.eval_sae`)
+the Loss/IFD selectors (:mod:`igds.selectors`), SAE evaluation (:mod:`igds.eval_sae`)
 and fine-tuning (:mod:`igds.finetune`) all turn final hidden states into logits through
 :func:`postprocess_logits`, so the loss that validates a feature is the loss that training
 lowers, on every model family.

@@ -30,7 +30,8 @@ from .artifacts import RunInfo, atomic_write_jsonl, atomic_write_text, run_direc
 from .config import RunConfig, cache_view, dump_config, load_config
 from .data import Example, Rejects, iter_examples, tokenize_example, write_records
 from .engines import score_features
-from .features import FeatureSet, find_task_features
+from .feature_set import FeatureSet
+from .features import find_task_features
 from .inputs import (data_spec, load_saes, precision, read_examples, resolve_source, source_fingerprint,
                      split_task, weights_fingerprint)
 from .model import LoadedModel, load_model

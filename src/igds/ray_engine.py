@@ -17,7 +17,8 @@ examples), and :func:`igds.scoring.score_pool` runs the sequence for both engine
    ``score.batch_size`` / ``score.batch_tokens``.
 3. The driver hands each scored shard to the store as it arrives (written atomically,
    so a killed driver loses at most the shards in flight); the store then assembles
-   ``scores.parquet``, ``top_examples.json``, the shard summary and ``rejects.jsonl``.
+   ``scores.parquet``, ``top_examples.json``, the shard summary and the pool rejects
+   (which :func:`igds.pipeline.write_rejects` writes to ``rejects.jsonl``).
 
 Trade-off: the pool is parsed on the driver (single-threaded) and the pending shards
 sit in Ray's object store (spilled to disk when it fills). In exchange the validation
@@ -44,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .features import FeatureSet
+from .feature_set import FeatureSet
 from .inputs import load_saes
 from .model import load_model, parse_dtype
 from .scoring import FeatureScorer, Shard, ShardStore

@@ -1,4 +1,4 @@
-"""Sparse autoencoders: one native module, loaders for the formats users bring.
+"""Sparse autoencoders: the one native SAE module igds scores with.
 
 Architectures (SAELens names):
 
@@ -12,11 +12,9 @@ Architectures (SAELens names):
 membership depends on every feature, so the full pre-activations are computed
 and the top-k mask is taken before slicing (exact, not cheaper).
 
-Formats: SAELens folders (``cfg.json`` + ``sae_weights.safetensors``, v5 flat and
-v6 ``metadata`` layouts), Gemma Scope ``params.npz`` / ``params.safetensors``,
-EleutherAI sparsify (``cfg.json`` + ``sae.safetensors``), and - with ``sae-lens``
-installed - ``release/sae_id`` registry names. Weights are read with safetensors
-or numpy only (never pickle) and must be finite.
+Loading the formats users bring (SAELens, Gemma Scope, sparsify) is
+:mod:`igds.sae_loading`; this module is the SAE itself and its hook semantics, which
+``SAE.layer`` reads (so they live here: the loaders import them, not the other way round).
 
 Hook points (:func:`hook_layer`): igds reads the output of decoder block L ("layer L").
 ``blocks.L.hook_resid_post`` and HF block modules (``model.layers.L``) are layer L;
@@ -26,21 +24,18 @@ site (MLP / attention outputs, transcoders) is refused unless the caller gives t
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .artifacts import atomic_path, atomic_write_json
 
 ARCHITECTURES = ("standard", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
-ASSETS = Path(__file__).parent / "assets" / "saes"
 
 
 class SAE(nn.Module):
@@ -247,253 +242,6 @@ def hook_layer(hook_name: str) -> int:
         return int(m.group(1))
     raise UnsupportedHook(f"hook {name!r} is not the residual stream after a decoder block (igds reads "
                           "blocks.L.hook_resid_post, blocks.L.hook_resid_pre or a block's output such as model.layers.L)")
-
-
-def _resolve_layer(sae: SAE, where: str, layer: int | None, spec: str) -> None:
-    """Set the layer from the SAE's hook point; an explicit ``layer`` overrides an unsupported hook."""
-    field_name = "hook_name" if sae.metadata.get("hook_name") else "hf_hook_name"
-    name = sae.metadata.get(field_name)
-    if not name:  # no hook point recorded: the file's layer or the caller's
-        if layer is not None and sae.layer is not None and sae.layer != layer:
-            raise ValueError(f"SAE {spec} reads layer {sae.layer}, but layer {layer} was requested")
-        if layer is not None:
-            sae.metadata["layer"] = layer
-        return
-    try:
-        read = hook_layer(str(name))
-    except UnsupportedHook as e:
-        if layer is None:
-            raise UnsupportedHook(f"{where}: field {field_name!r}: {e}; to apply this SAE to the output of "
-                                  "block L anyway, give that layer explicitly (sae.layers=[L])") from None
-        sae.metadata["layer"] = layer
-        sae.metadata["igds_note"] = f"hook {name!r} overridden by the caller: read at the output of block {layer}"
-        return
-    if layer is not None and read != layer:
-        raise ValueError(f"SAE {spec} reads layer {read}, but layer {layer} was requested ({field_name} "
-                         f"{name!r}; layer L is the output of block L)")
-    sae.metadata["layer"] = read
-
-
-# ---------------------------------------------------------------------- loaders
-def _read_cfg(path: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON SAE config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Safetensors or ``.npz`` weights (never pickle), each checked finite."""
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                tensors = {key: torch.from_numpy(np.asarray(z[key])) for key in z.files}
-        else:
-            tensors = load_file(str(path))
-    except Exception as e:  # safetensors, zipfile and numpy each raise their own types on a damaged file
-        raise ValueError(f"{path}: cannot read SAE weights ({type(e).__name__}: {e}); the file is damaged or "
-                         "truncated") from None
-    _check_finite(tensors, str(path))
-    return tensors
-
-
-def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Refuse NaN/inf weights: they would flow silently into every score."""
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
-
-
-def _from_tensors(tensors: dict[str, torch.Tensor], **kw: Any) -> SAE:
-    d_in, d_sae = tensors["W_enc"].shape
-    sae = SAE(d_in, d_sae, **kw)
-    missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - tensors.keys()
-    if sae.architecture == "jumprelu":
-        missing |= {"threshold"} - tensors.keys()
-    if missing:
-        raise ValueError(f"SAE weights lack {sorted(missing)}")
-    if tensors["W_dec"].shape != (d_sae, d_in):
-        raise ValueError(f"W_dec has shape {tuple(tensors['W_dec'].shape)}, expected {(d_sae, d_in)}")
-    with torch.no_grad():
-        for name, param in sae.named_parameters():
-            t = tensors[name].to(torch.float32)
-            if name == "threshold" and t.numel() == 1:  # Llama Scope stores a scalar
-                t = t.expand(d_sae)
-            param.copy_(t.reshape(param.shape))
-    return sae
-
-
-def _architecture_from_cfg(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    arch = cfg.get("architecture")
-    act = cfg.get("activation_fn_str") or cfg.get("activation_fn")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if arch in (None, "standard") and act == "topk":
-        arch = "topk"
-    if arch == "jumprelu" or arch == "jump_relu":
-        arch = "jumprelu"
-    return arch or "standard", k
-
-
-def _saelens_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(cfg.get("metadata") or {})
-    # pre-v6 configs keep these keys flat
-    for key in ("hook_name", "hf_hook_name", "model_name", "neuronpedia_id", "hook_layer"):
-        if key in cfg and key not in meta:
-            meta[key] = cfg[key]
-    if "hook_point" in cfg and "hook_name" not in meta:
-        meta["hook_name"] = cfg["hook_point"]
-    # hook_layer is the block *number* in the hook name (L for blocks.L.hook_resid_pre, which
-    # igds reads as layer L-1): the hook name decides the layer, hook_layer only without one
-    if meta.get("hook_layer") is not None and not (meta.get("hook_name") or meta.get("hf_hook_name")):
-        meta.setdefault("layer", int(meta["hook_layer"]))
-    return meta
-
-
-def load_saelens_folder(folder: Path) -> SAE:
-    cfg = _read_cfg(folder / "cfg.json")
-    arch, k = _architecture_from_cfg(cfg)
-    norm = cfg.get("normalize_activations") or "none"
-    meta = _saelens_metadata(cfg)
-    if norm == "expected_average_only_in":
-        # SAELens applies nothing at inference for this mode either: the scale is
-        # expected to be folded into the weights. Follow it, and say so.
-        meta["igds_note"] = "normalize_activations=expected_average_only_in treated as folded (as SAELens does)"
-        norm = "none"
-    tensors = _read_tensors(folder / "sae_weights.safetensors")
-    if "log_threshold" in tensors and "threshold" not in tensors:
-        tensors["threshold"] = tensors.pop("log_threshold").exp()
-    sae = _from_tensors(tensors, architecture=arch, k=k,
-                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
-                        normalize_activations=norm,
-                        rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
-                        metadata={**meta, "source": str(folder)})
-    return sae
-
-
-# Gemma Scope names the site in the release (gemma-scope-2b-pt-res / -mlp / -att / -transcoders)
-# and Gemma Scope 2 in a folder (resid_post / mlp_out / attn_out / transcoder...)
-_GEMMA_RELEASE_SITE = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "hook_attn_out",
-                       "transcoders": "transcoder"}
-_GEMMA_FOLDER_SITE = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
-
-
-def _gemma_scope_site(path: Path) -> str:
-    for part in path.parts:
-        m = re.search(r"gemma[-_]scope[-\w]*?-(res|mlp|att|transcoders)$", part)
-        if m:
-            return _GEMMA_RELEASE_SITE[m.group(1)]
-        if part in _GEMMA_FOLDER_SITE:
-            return _GEMMA_FOLDER_SITE[part]
-        if part.startswith(("transcoder", "clt")):
-            return "transcoder"
-    return "hook_resid_post"  # a bare layer_N/... folder: the residual release, as before
-
-
-def load_gemma_scope(path: Path) -> SAE:
-    """Gemma Scope ``params.npz`` (upper-case keys) or Gemma Scope 2 ``params.safetensors``."""
-    tensors = _read_tensors(path)
-    tensors = {("W_enc" if k.lower() == "w_enc" else "W_dec" if k.lower() == "w_dec" else k.lower()): v
-               for k, v in tensors.items()}
-    meta: dict[str, Any] = {"source": str(path)}
-    m = re.search(r"layer_(\d+)", str(path))
-    if m:
-        meta["hook_name"] = f"blocks.{m.group(1)}.{_gemma_scope_site(path)}"
-    return _from_tensors(tensors, architecture="jumprelu", apply_b_dec_to_input=False, metadata=meta)
-
-
-def load_sparsify_folder(folder: Path) -> SAE:
-    cfg = _read_cfg(folder / "cfg.json")
-    raw = _read_tensors(folder / "sae.safetensors")
-    enc = raw["encoder.weight"]  # (d_sae, d_in)
-    tensors = {"W_enc": enc.T.contiguous(), "b_enc": raw["encoder.bias"], "W_dec": raw["W_dec"], "b_dec": raw["b_dec"]}
-    meta: dict[str, Any] = {"source": str(folder)}
-    # sparsify names each SAE's folder after its hookpoint (a module name, e.g. layers.5 or layers.5.mlp)
-    if cfg.get("transcode"):
-        meta["hf_hook_name"] = f"{folder.name} (transcoder)"
-    elif re.search(r"(?:^|\.)(?:layers|h|blocks)\.\d+", folder.name):
-        meta["hf_hook_name"] = folder.name
-    return _from_tensors(tensors, architecture="topk", k=int(cfg["k"]), apply_b_dec_to_input=True, metadata=meta)
-
-
-def default_sae_path(model_name: str, layer: int | None = None) -> Path:
-    """The SAE shipped with igds for a built-in model (the first layer shipped, by default)."""
-    base = ASSETS / model_name
-    layers = sorted(int(p.name.split("_")[1]) for p in base.glob("layer_*")) if base.exists() else []
-    if not layers:
-        raise FileNotFoundError(f"igds ships no default SAE for {model_name!r}; train one with `igds train-sae`")
-    if layer is None:
-        layer = layers[0]
-    if layer not in layers:
-        raise FileNotFoundError(f"igds ships default SAEs for {model_name!r} at layers {layers}, not {layer}")
-    return base / f"layer_{layer}"
-
-
-def load_sae(
-    spec: str | Path,
-    model_name: str | None = None,
-    layer: int | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> SAE:
-    """Load an SAE from a path, ``default`` (the shipped SAE of a built-in model) or ``release/sae_id``.
-
-    The layer comes from the SAE's hook point (see :func:`hook_layer`). An SAE whose hook
-    is not the residual stream after a block is refused unless ``layer`` is given, which
-    then says where to apply it; a ``layer`` that contradicts a readable hook is an error.
-    Every tensor is checked finite."""
-    spec_str = str(spec)
-    if spec_str == "default":
-        if model_name is None:
-            raise ValueError("--sae default needs a built-in model name")
-        path = default_sae_path(model_name, layer)
-    else:
-        path = Path(spec_str).expanduser()
-    if path.is_dir():
-        if (path / "sae_weights.safetensors").exists() and (path / "cfg.json").exists():
-            sae, where = load_saelens_folder(path), str(path / "cfg.json")
-        elif (path / "sae.safetensors").exists() and (path / "cfg.json").exists():
-            sae, where = load_sparsify_folder(path), f"{path} (sparsify hookpoint from the folder name)"
-        elif (path / "params.npz").exists():
-            sae, where = load_gemma_scope(path / "params.npz"), f"{path / 'params.npz'} (Gemma Scope site from the path)"
-        elif (path / "params.safetensors").exists():
-            sae, where = (load_gemma_scope(path / "params.safetensors"),
-                          f"{path / 'params.safetensors'} (Gemma Scope site from the path)")
-        else:
-            raise FileNotFoundError(
-                f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors (SAELens), "
-                "cfg.json + sae.safetensors (sparsify), or params.npz / params.safetensors (Gemma Scope))")
-    elif path.is_file() and path.name.startswith("params") and path.suffix in (".npz", ".safetensors"):
-        sae, where = load_gemma_scope(path), f"{path} (Gemma Scope site from the path)"
-    elif path.exists():
-        raise ValueError(f"{path}: unsupported SAE file (only SAELens/sparsify folders and Gemma Scope params)")
-    elif "/" in spec_str and not spec_str.startswith((".", "/", "~")):
-        sae, where = _load_from_saelens_registry(spec_str), f"SAELens {spec_str} cfg"
-    else:
-        raise FileNotFoundError(f"SAE not found: {spec_str}")
-    _resolve_layer(sae, where, layer, spec_str)
-    return sae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _load_from_saelens_registry(name: str) -> SAE:
-    try:
-        from sae_lens import SAE as LensSAE
-    except ImportError as e:  # pragma: no cover - depends on the extra
-        raise ImportError(f"{name!r} looks like a SAELens release/sae_id; install igds[saelens]") from e
-    release, sae_id = name.split("/", 1)
-    lens = LensSAE.from_pretrained(release, sae_id, device="cpu")
-    cfg = lens.cfg.to_dict()
-    arch, k = _architecture_from_cfg(cfg)
-    tensors = {n: p.detach() for n, p in lens.state_dict().items()}
-    _check_finite(tensors, f"SAELens {name}")
-    meta = _saelens_metadata(cfg)
-    return _from_tensors(tensors, architecture=arch, k=k,
-                         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input")),
-                         normalize_activations=cfg.get("normalize_activations") or "none",
-                         metadata={**meta, "source": name})
 
 
 def check_compatible(sae: SAE, d_model: int, n_layers: int, source: str = "SAE") -> None:

@@ -37,7 +37,7 @@ from .activations import iter_activation_batches
 from .artifacts import atomic_write_json, atomic_write_parquet, read_json, stable_hash
 from .config import ScoreConfig, cache_view
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
-from .features import FeatureSet
+from .feature_set import FeatureSet
 from .inputs import count_records, precision, source_fingerprint
 from .model import LoadedModel
 from .sae import SAE

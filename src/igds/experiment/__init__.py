@@ -5,7 +5,8 @@ One experiment compares selection methods at equal budgets on one task:
 * ``igds`` (the full method), ``igds_recall_only`` (no causal filter) and
   ``igds_random_candidates`` (random features through the causal filter): score tables
   from :func:`igds.pipeline.igds_scores`;
-* ``random``, ``loss``, ``ifd``, ``zip``, ``longest``: :mod:`igds.baselines`;
+* ``random``, ``loss``, ``ifd``, ``zip``, ``longest`` and every other selector registered in
+  :mod:`igds.selectors` (scored through its registry; method names are checked against it);
 * ``full``: the whole pool (one run per seed; its ratio is 1.0).
 
 For every (method, ratio, seed) it selects ``round(ratio * n)`` pool examples, fine-tunes
@@ -23,7 +24,7 @@ Run directory (``igds.out``)::
     baselines/random-seeds/seed-<s>.parquet             random tables of the other seeds
     experiment/
       config.yaml                                       resolved experiment config
-      base/result.json, base/feature_acts.npy           the model before fine-tuning
+      base/result.json                                  the model before fine-tuning (``feature_acts`` inside)
       runs/<method>-r<ratio>-s<seed>/
           selection.json                                chosen pool indices and ids
           finetune/adapter/, finetune/finetune.json     (igds.finetune)

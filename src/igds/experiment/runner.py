@@ -18,7 +18,7 @@ from ..config import (DATA_SECTIONS, IGDS_METHODS, ConfigError, DataConfig, Eval
                       cache_view, check, dump_config, load_config)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
-from ..features import FeatureSet
+from ..feature_set import FeatureSet
 from ..finetune import train_model
 from ..inputs import load_saes, read_examples, resolve_source
 from ..model import LoadedModel, load_model

@@ -17,13 +17,13 @@ malformed raises :class:`ReportError` naming the file, line and field):
 * ``config.yaml``, ``run.json``, ``features.json``, ``feature_stats.parquet``,
   ``scores.parquet``, ``selection.jsonl``: as in ``docs/design.md``; ``features.json`` is
   read by :meth:`igds.feature_set.FeatureSet.load`, which owns its schema.
-  From ``run.json`` the summary reads ``versions`` (dict), ``timings`` (stage -> seconds),
+  From ``run.json`` the summary reads ``versions`` (dict), ``timings_s`` (stage -> seconds),
   ``wall_s``, ``started_at``, ``pool_size``, ``n_truncated``, ``n_rejected`` when present and
   lists every other key as it is. ``feature_stats.parquet`` needs columns ``layer``,
   ``feature``, ``task_freq`` and ``ref_freq``.
 * ``top_examples.json``: per validated feature key, its top pool examples, best first::
 
-      {"L15/F123": [{"index": 17, "id": "pool-17", "max_act": 4.2,
+      {"L15/F123": [{"index": 17, "id": "pool-17", "value": 4.2,
                      "tokens": ["The", " answer", " is"], "acts": [0.0, 1.3, 4.2]}, ...]}
 
   (``"activations"`` is accepted for ``"acts"``; a ``{"features": {...}}`` wrapper too.)

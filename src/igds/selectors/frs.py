@@ -10,7 +10,7 @@ model, two options:
   ``pool`` was read from (its task / validation / reference / SAE / recall / filter /
   score sections are IGDS's settings); the ablation is applied to a copy of it;
 * ``run_dir``: where the stages write (and resume) their artifacts, ``features.json``
-  among them (:meth:`igds.features.FeatureSet.load` reads the validated features back).
+  among them (:meth:`igds.feature_set.FeatureSet.load` reads the validated features back).
 
 The selector checks that the table lists ``pool``'s ids in order. Ablations:
 ``igds_recall_only`` turns the causal filter off (every recalled candidate scores);
