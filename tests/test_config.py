@@ -80,3 +80,12 @@ def test_config_show_prints_the_resolved_yaml(tmp_path, capsys):
     assert "n_candidates: 7" in out and "aggregation: max" in out
     assert main(["config", "show", "--for", "train-sae", "k=4"]) == 0
     assert "k: 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("raw", ["1e-3", "1.0e-3", "0.001"])
+def test_float_knobs_take_short_exponents(raw):
+    # YAML 1.1 reads "1e-3" as a string; `igds train-sae --lr 1e-3` must still mean 0.001
+    cfg = load_config(None, {"lr": raw}, cls=TrainSAEConfig)
+    assert cfg.lr == 0.001
+    with pytest.raises(ConfigError, match="lr: expected a number, got 'fast'"):
+        load_config(None, {"lr": "fast"}, cls=TrainSAEConfig)

@@ -79,6 +79,11 @@ def coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads `1e-3` (no dot in the mantissa) as a string; Python reads it as a number
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {value!r}")
         return float(value)
