@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -136,7 +137,8 @@ def test_a_template_only_feature_scores_zero_on_content_but_not_on_all(tiny_lm, 
     assert min(all_scores.column("score").to_pylist()) > 0
     assert content.column("score").to_pylist() == [0.0] * 6
     # content counts fewer tokens than all: the system prompt, the template and the chat markup are gone
-    assert all(c < a for c, a in zip(content.column("n_tokens").to_pylist(), all_scores.column("n_tokens").to_pylist()))
+    counted = zip(content.column("n_tokens").to_pylist(), all_scores.column("n_tokens").to_pylist())
+    assert all(c < a for c, a in counted)
 
 
 def test_content_is_a_choice_of_the_config_and_defaults_stay():
@@ -153,7 +155,7 @@ def test_run_json_records_the_score_length_spearman(setup, capsys):
     assert main(args) == 0
     table = pq.read_table(setup["out"] + "/scores.parquet")
     _, rho, _ = correlations(table.column("score").to_numpy(), table.column("n_tokens").to_numpy())
-    recorded = json.loads(open(setup["out"] + "/run.json").read())["score_length_spearman"]
+    recorded = json.loads(Path(setup["out"], "run.json").read_text())["score_length_spearman"]
     assert np.isfinite(rho) and recorded == round(rho, 4)
     assert f"Spearman rho(score, n_tokens) = {rho:+.3f}" in capsys.readouterr().out
 

@@ -217,7 +217,8 @@ class RunInfo:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunInfo":
         data = read_json(path)
-        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in ("started_at", "rejects", "score_length_spearman")]
+        later = ("started_at", "rejects", "score_length_spearman")  # fields that older run.json files lack
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in later]
         if missing:
             raise ValueError(f"{path}: not a run.json (missing {missing})")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
