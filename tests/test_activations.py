@@ -45,6 +45,10 @@ def test_count_mask_excludes_padding_first_and_selects_positions():
     assert m.tolist() == [[False, True, True, True, True], [False, True, True, False, False]]
     assert count_mask(exs, 5, "response").tolist()[0] == [False, False, False, True, True]
     assert count_mask(exs, 5, "prompt").tolist()[1] == [False, True, False, False, False]
+    flagged = [TokenizedExample(ids=[5, 6, 7, 8, 9], prompt_len=3, truncated=False,
+                                content=[True, False, True, False, True])]
+    assert count_mask(flagged, 6, "content").tolist() == [[False, False, True, False, True, False]]
+    assert count_mask(flagged, 6, "content", exclude_first=False).tolist()[0][0]
 
 
 def test_padding_never_changes_activations(tiny_lm):

@@ -8,7 +8,10 @@ pays for the blocks above it or for the LM head.
 Batches are right-padded and grouped by length under a budget of padded tokens
 (:func:`length_batches`); :func:`count_mask` says which positions enter a statistic
 (never padding; by default never the first token, whose residual norm is orders of
-magnitude above the rest, nor special tokens).
+magnitude above the rest, nor special tokens). ``positions``: ``all`` tokens, the
+``prompt``, the ``response``, or ``content``: the record's own text (question fields
+and response), without the system prompt, chat-template tokens or the fixed words of
+a ``prompt_template`` (:mod:`igds.content`).
 
 On CUDA the padded batches go to the GPU through pinned host memory with
 ``non_blocking=True``, and igds's own code in :func:`iter_activation_batches` never
@@ -29,7 +32,7 @@ import torch
 from .data import TokenizedExample
 from .model import LoadedModel, pad_id
 
-POSITIONS = ("all", "prompt", "response")
+POSITIONS = ("all", "prompt", "response", "content")
 
 
 class StopForward(Exception):
@@ -104,12 +107,20 @@ def pad(examples: Sequence[TokenizedExample], pad_id: int) -> tuple[torch.Tensor
 def count_mask(examples: Sequence[TokenizedExample], width: int, positions: str = "all",
                exclude_first: bool = True, special_ids: Sequence[int] = (),
                input_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean (B, width) mask of the positions that enter statistics."""
+    """Boolean (B, width) mask of the positions that enter statistics.
+
+    ``content`` reads each example's ``content`` flags (which never include special tokens)."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     mask = torch.zeros((len(examples), width), dtype=torch.bool)
+    start = 1 if exclude_first else 0
     for i, e in enumerate(examples):
-        start = 1 if exclude_first else 0
+        if positions == "content":
+            if e.content is None:
+                raise ValueError(f"positions=content: the chat template rewrites the text of example {i} of this "
+                                 "batch, so its content tokens cannot be found; use positions=response or all")
+            mask[i, start:len(e.ids)] = torch.tensor(e.content[start:], dtype=torch.bool)
+            continue
         lo, hi = {"all": (start, len(e.ids)), "prompt": (start, e.prompt_len),
                   "response": (max(start, e.prompt_len), len(e.ids))}[positions]
         mask[i, lo:hi] = True

@@ -232,6 +232,9 @@ class RunInfo:
     max_length: int
     started_at: str = ""  # ISO 8601, local time
     rejects: dict[str, int] = field(default_factory=dict)  # section -> records skipped (rejects.jsonl)
+    # Spearman rho of the pool's scores with their counted tokens (n_tokens, under score.positions);
+    # near -1 the score ranks by inverse length (a template feature), not content. None: undefined
+    score_length_spearman: float | None = None
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, asdict(self))
@@ -239,7 +242,8 @@ class RunInfo:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunInfo":
         data = read_json(path)
-        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in ("started_at", "rejects")]
+        later = ("started_at", "rejects", "score_length_spearman")  # fields that older run.json files lack
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in later]
         if missing:
             raise ValueError(f"{path}: not a run.json (missing {missing})")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -32,7 +32,10 @@ from .config_tools import (ConfigError, cache_view, check, dump_config, field_he
 IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
 DATA_SECTIONS = ("pool", "task_data", "validation")
 
-Positions = Literal["all", "prompt", "response"]
+# Which tokens count (igds.activations.count_mask): all | prompt | response | content. `content` is the
+# record's own text, the question's fields and the response, without the system prompt, chat-template
+# tokens or the fixed words a prompt_template adds (igds.content); a template-only feature scores 0 there.
+Positions = Literal["all", "prompt", "response", "content"]
 
 
 # ====================================================================== igds run
@@ -70,7 +73,7 @@ class RecallConfig:
 
     probe_size: int = knob(256, ge=1)  # task examples used to measure firing statistics
     reference_size: int = knob(256, ge=1)  # generic examples for the contrast
-    positions: Positions = "all"  # which tokens count: all | prompt | response
+    positions: Positions = "all"  # which tokens count: all | prompt | response | content
     n_candidates: int = knob(32, ge=1)  # candidates passed to the causal filter (each costs V edited forwards)
     min_example_freq: float = knob(0.25, ge=0, le=1)  # must fire in at least this share of task examples
     min_task_freq: float = knob(0.005, ge=0, le=1)  # ... and on at least this share of task tokens
@@ -86,7 +89,7 @@ class FilterConfig:
     # amplification factor: h' = h + (alpha - 1) f_j(h) W_dec[j]. On SmolLM2 + GSM8K, alpha=4
     # raised the reference loss for 24 of 24 candidates; alpha=2 kept 5 (BENCHMARKS.md).
     alpha: float = 2.0
-    positions: Positions = "all"  # where the edit is applied
+    positions: Positions = "all"  # where the edit is applied (content: never special tokens)
     z: float = knob(1.0, ge=0)  # keep if mean_delta - z * se > min_delta
     min_delta: float = 0.0  # the smallest mean rise of the reference loss that counts
     max_features: int | None = knob(32, ge=1)  # keep at most this many (largest lower bound first)
@@ -103,7 +106,7 @@ class ScoreConfig:
     aggregation: Literal["mean", "sum", "max"] = "mean"  # over counted tokens (sum is length-biased)
     normalize: bool = True  # divide each feature by its mean activation on the task probe set
     combine: Literal["mean", "sum"] = "mean"  # over validated features
-    positions: Positions = "all"  # which tokens count: all | prompt | response
+    positions: Positions = "all"  # which tokens count: all | prompt | response | content
     max_length: int = knob(1024, ge=2)  # longer examples are truncated (and counted in run.json)
     batch_tokens: int = knob(8192, ge=1, cache=False)  # padded tokens per forward
     batch_size: int = knob(32, ge=1, cache=False)  # examples per forward (at most)
@@ -221,7 +224,7 @@ class EvalConfig:
 class AmplificationConfig:
     enabled: bool = True  # measure how much the validated features rose after fine-tuning
     n_prompts: int = knob(64, ge=1)  # evaluation prompts (of the headline eval file) the activations are measured on
-    positions: Positions = "prompt"  # prompt | all (with the reference answer, teacher-forced) | response
+    positions: Positions = "prompt"  # prompt | all (with the reference answer, teacher-forced) | response | content
     eps: float = knob(1e-6, gt=0)  # smoothing of the activation ratio
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .artifacts import atomic_write_jsonl, atomic_write_text, json_default
+from .content import Span, locate, render_template, token_flags
 from .readers import DataError, iter_records, iter_records_after
 
 DIALECTS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "fields")
@@ -62,6 +63,10 @@ class Example:
     dialect: str
     source: str
     line: int
+    # message text -> the character spans of it that are the record's own (a prompt_template's fields).
+    # Keyed by text, so a message that is replaced (Task.prompt_fn) loses them: other messages are the
+    # record's text as a whole, system messages never are (igds.content)
+    content_spans: dict[str, list[Span]] = field(default_factory=dict, repr=False)
 
     @property
     def prompt(self) -> str:
@@ -194,12 +199,14 @@ def _prompt_completion(record: dict[str, Any], src: str, line: int, require_resp
 
 
 def _fields(record: dict[str, Any], spec: DataSpec, src: str, line: int, require_response: bool
-            ) -> tuple[list[dict[str, str]], str]:
+            ) -> tuple[list[dict[str, str]], str, list[Span] | None]:
+    """The prompt, the response and, for a ``prompt_template``, where its fields' values are in the prompt."""
+    spans = None
     if spec.prompt_template:
         names = [f for _, f, _, _ in string.Formatter().parse(spec.prompt_template) if f]
         values = {n: _text(record, n, src, line) if not isinstance(record.get(n), (int, float)) else record[n]
                   for n in names}
-        prompt = spec.prompt_template.format(**values)
+        prompt, spans = render_template(spec.prompt_template, values)
     elif spec.prompt_field:
         prompt = _text(record, spec.prompt_field, src, line)
     else:
@@ -210,7 +217,7 @@ def _fields(record: dict[str, Any], spec: DataSpec, src: str, line: int, require
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # the text trained on; the record keeps the number
     response = _text({spec.response_field: value}, spec.response_field, src, line, allow_empty=not require_response)
-    return [{"role": "user", "content": prompt}], response
+    return [{"role": "user", "content": prompt}], response, spans
 
 
 def _system(record: dict[str, Any], messages: list[dict[str, str]], spec: DataSpec, src: str, line: int
@@ -246,6 +253,7 @@ def parse_record(record: dict[str, Any], spec: DataSpec, src: str, line: int, di
                         f"{DIALECTS} or set prompt_field/response_field/prompt_template")
     if dialect not in DIALECTS:
         raise DataError(src, line, f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
+    spans = None
     if dialect == "alpaca":
         messages, response = _alpaca(record, src, line, require_response)
     elif dialect == "sharegpt":
@@ -259,15 +267,16 @@ def parse_record(record: dict[str, Any], spec: DataSpec, src: str, line: int, di
     elif dialect == "text":
         messages, response = [], _text(record, "text", src, line)
     else:
-        messages, response = _fields(record, spec, src, line, require_response)
+        messages, response, spans = _fields(record, spec, src, line, require_response)
     if dialect != "text":
         messages = _system(record, messages, spec, src, line)
+    content_spans = {} if spans is None else {messages[-1]["content"]: spans}  # the templated user prompt
     raw_id = record.get(spec.id_field)
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise DataError(src, line, f"expected a string or integer id, got {type(raw_id).__name__}", spec.id_field)
     ex_id = str(raw_id) if raw_id is not None else f"{Path(src).stem}-{line}"
     return Example(id=ex_id, messages=messages, response=response, record=record,
-                   dialect=dialect, source=src, line=line)
+                   dialect=dialect, source=src, line=line, content_spans=content_spans)
 
 
 @dataclass
@@ -367,6 +376,9 @@ class TokenizedExample:
     ids: list[int]
     prompt_len: int  # tokens before the response starts
     truncated: bool
+    # per token: the record's text (question fields, response), not system prompt, template or special
+    # tokens (igds.content); None when the chat template rewrote a message so that it cannot be found
+    content: list[bool] | None = None
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
@@ -417,21 +429,40 @@ def tokenize_example(tokenizer: Any, ex: Example, max_length: int = 1024, use_ch
     double BOS), and the response ends with the template's turn terminator
     (:func:`response_terminator`). Over-long examples are truncated from the end to
     ``max_length`` tokens while tokenising and flagged, so that callers can count them
-    (documented behaviour, never silent)."""
+    (documented behaviour, never silent).
+
+    ``content`` marks the tokens of the record's own text (:mod:`igds.content`: offset
+    mapping on fast tokenizers, prefix alignment on slow ones); the ids do not depend on it."""
     if ex.dialect == "text":  # plain text: the tokenizer's own special tokens, no template, no terminator
-        ids = tokenizer(ex.response, add_special_tokens=True, truncation=True, max_length=max_length + 1)["input_ids"]
-        return TokenizedExample(ids=list(ids[:max_length]), prompt_len=0, truncated=len(ids) > max_length)
+        ids, content = _encode(tokenizer, ex.response, [(0, len(ex.response))], True, max_length + 1)
+        return TokenizedExample(ids=ids[:max_length], prompt_len=0, truncated=len(ids) > max_length,
+                                content=content[:max_length])
     templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     text = prompt_text(tokenizer, ex.messages, use_chat_template)
+    spans = locate(text, ex.messages, ex.content_spans)
     # one token past the limit tells a truncated example from one that fits exactly
-    p = list(tokenizer(text, add_special_tokens=not templated, truncation=True, max_length=max_length + 1)["input_ids"])
+    p, content = _encode(tokenizer, text, spans or [], not templated, max_length + 1)
     if templated:
         prefix = _added_prefix(tokenizer)
         if prefix and p[:len(prefix)] != prefix:
             p = (prefix + p)[:max_length + 1]
+            content = ([False] * len(prefix) + content)[:max_length + 1]
     ids = list(p)
     if with_response and len(ids) <= max_length:
-        ids += tokenizer(ex.response + response_terminator(tokenizer, use_chat_template), add_special_tokens=False,
-                         truncation=True, max_length=max_length + 1 - len(ids))["input_ids"]
+        reply = ex.response + response_terminator(tokenizer, use_chat_template)
+        more, more_content = _encode(tokenizer, reply, [(0, len(ex.response))], False, max_length + 1 - len(ids))
+        ids += more
+        content += more_content
     truncated = len(ids) > max_length
-    return TokenizedExample(ids=ids[:max_length], prompt_len=min(len(p), max_length), truncated=truncated)
+    return TokenizedExample(ids=ids[:max_length], prompt_len=min(len(p), max_length), truncated=truncated,
+                            content=content[:max_length] if spans is not None else None)
+
+
+def _encode(tokenizer: Any, text: str, spans: list[Span], add_special_tokens: bool, max_length: int
+            ) -> tuple[list[int], list[bool]]:
+    """``text``'s token ids (truncated to ``max_length``) and which of them are content."""
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, truncation=True, max_length=max_length,
+                    return_offsets_mapping=fast)
+    ids = list(enc["input_ids"])
+    return ids, token_flags(tokenizer, text, spans, ids, enc["offset_mapping"] if fast else None)

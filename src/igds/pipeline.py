@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import platform
 import time
 import warnings
@@ -36,6 +37,7 @@ from .inputs import (data_spec, load_saes, precision, read_examples, resolve_sou
                      split_task, weights_fingerprint)
 from .model import LoadedModel, load_model
 from .report import write_report
+from .report.stats import correlations
 from .sae import SAE
 from .scoring import Scores
 from .selection import check_pool_ids, read_score_table, select_indices, table_meta
@@ -241,10 +243,14 @@ def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
         rejected: dict[str, int] = {}
         for row in [*(fs.info.rejects or []), *sc.rejects]:
             rejected[row["section"]] = rejected.get(row["section"], 0) + 1
+        _, rho, _ = correlations(sc.table.column("score").to_numpy(), sc.table.column("n_tokens").to_numpy())
+        _say(f"scores: Spearman rho(score, n_tokens) = {rho:+.3f} (score.positions={cfg.score.positions}; "
+             "near -1: the score ranks by inverse length)")
         info = RunInfo(versions=versions(), timings_s={k: round(v, 2) for k, v in timings.items()},
                        wall_s=round(time.time() - t0, 2), model=lm.name, device=str(lm.device),
                        dtype=str(lm.dtype).replace("torch.", ""), n_validated=len(fs.validated), n_selected=n,
-                       **asdict(sc.summary), started_at=started_at, rejects=rejected)
+                       **asdict(sc.summary), started_at=started_at, rejects=rejected,
+                       score_length_spearman=None if math.isnan(rho) else round(rho, 4))
         info.save(run_dir / "run.json")
         log.info("selection: %d examples -> %s (%.1f s in all)", n, selection, info.wall_s)
         report = write_report(run_dir) if cfg.report else None
