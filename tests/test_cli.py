@@ -135,3 +135,13 @@ def test_ctrl_c_says_what_is_cached_and_how_to_resume(setup, capsys, monkeypatch
     last = capsys.readouterr().err.splitlines()[-1]  # after the model-loading progress bar
     assert last.startswith(f"igds: interrupted; cached in {setup['out']}: features.json. ")
     assert "Resume with the same command: igds run --model" in last
+
+
+def test_a_missing_extra_names_the_pip_install(setup, tmp_path, monkeypatch, capsys):
+    # hide bm25s as if igds[select] were not installed: one line naming the extra, exit 1
+    import sys
+    monkeypatch.setitem(sys.modules, "bm25s", None)
+    assert main(["baseline", "bm25", "--pool", setup["pool"], "--task-data", setup["task"],
+                 "--out", str(tmp_path / "b.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert err == "igds: error: selector 'bm25' needs the package bm25s: pip install 'igds[select]'\n"

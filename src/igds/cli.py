@@ -76,7 +76,7 @@ CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
 # The optional extra that provides each lazily imported package.
 EXTRAS = {"ray": "ray", "peft": "finetune", "accelerate": "finetune", "rouge_score": "finetune",
           "sacrebleu": "finetune", "scipy": "finetune", "matplotlib": "report", "datasets": "hf",
-          "sae_lens": "saelens"}
+          "sae_lens": "saelens", "data_selection": "select", "bm25s": "select"}
 
 
 class UsageError(ValueError):
@@ -451,12 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted(args, argv), file=sys.stderr)
         return 130
-    except ModuleNotFoundError as e:
-        extra = EXTRAS.get((e.name or "").split(".")[0])
-        if extra is None:
+    except ImportError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0]) if isinstance(e, ModuleNotFoundError) else None
+        if extra is not None:
+            print(f"igds: error: this needs the optional package {e.name!r}; install it with: "
+                  f"pip install 'igds[{extra}]'", file=sys.stderr)
+        elif isinstance(e.__cause__, ModuleNotFoundError) and "pip install" in str(e):
+            print(f"igds: error: {_one_line(e)}", file=sys.stderr)  # igds's own message naming the extra
+        else:
             raise
-        print(f"igds: error: this needs the optional package {e.name!r}; install it with: "
-              f"pip install 'igds[{extra}]'", file=sys.stderr)
         return 1
     except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, DataError) as e:
         print(f"igds: error: {_one_line(e)}", file=sys.stderr)
