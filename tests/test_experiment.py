@@ -165,6 +165,11 @@ def test_config_errors_name_the_field(tmp_path):
         load_experiment_config(p, ["methods=[random]", "finetune.epochs=abc"])
     cfg = load_experiment_config(p, ["methods=[random]", "finetune.epochs=1", "seeds=[0,1,2]"])
     assert cfg.finetune.epochs == 1 and cfg.seeds == [0, 1, 2]
+    # every registered selector is a method; the targeting ones need the task examples
+    cfg = load_experiment_config(p, ["methods=[full, mona, bm25, dsir, embed, zip]"])
+    assert cfg.methods == ["full", "mona", "bm25", "dsir", "embed", "zip"]
+    with pytest.raises(ConfigError, match=r"igds.task_data.path: \['bm25'\] score the pool against the task"):
+        load_experiment_config(p, ["methods=[random, bm25]", "igds.task_data.path=null"])
 
 
 def test_flat_layout_of_before_points_to_the_igds_section(tmp_path):

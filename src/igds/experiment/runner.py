@@ -53,6 +53,10 @@ def check_methods(cfg: ExperimentConfig, where: str = "config") -> None:
     bad = [m for m in cfg.methods if m not in known]
     if bad:
         raise ConfigError(f"{where}: methods: unknown method(s) {bad}; known: {known}")
+    targeting = [m for m in cfg.methods if m != "full" and "task" in get_selector(m).needs]
+    if targeting and not cfg.igds.task_data.path:
+        raise ConfigError(f"{where}: igds.task_data.path: {targeting} score the pool against the task examples; "
+                          "give them")
 
 
 def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, DataConfig] | None = None
