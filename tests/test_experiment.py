@@ -238,3 +238,38 @@ def test_cli_entry_reports_config_errors(tmp_path, capsys):
     p = _exp_yaml(tmp_path, "igds: {pool: {path: DIR/a.jsonl}}\neval: {paths: [DIR/b.jsonl]}\nmethods: [random]\n")
     assert main(["experiment", "--config", str(p), "ratios=[2]"]) == 2
     assert capsys.readouterr().err.strip() == "igds: error: command line: ratios: 2.0 is not in (0, 1]"
+
+
+def test_equal_steps_gives_every_arm_fulls_step_count_and_loss_files_are_scored(setup, tmp_path):
+    cfg, calls, lm = setup
+    cfg.finetune.max_steps = -1
+    cfg.finetune.epochs = 1.0
+    cfg.finetune.equal_steps = True
+    cfg.seeds = [0]
+    cfg.eval.loss_paths = [_write(tmp_path / "validation.jsonl", 7, "v")]
+    cfg.eval.loss_limit = 6
+    res = ex.run_experiment(cfg, lm=lm)
+    steps = {r["method"]: r["finetune_steps"] for r in res["runs"]}
+    # Full: 10 examples / batch 2 = 5 steps in one epoch; the 5-example arms make two passes for the same 5
+    assert steps == {"random": 5, "longest": 5, "full": 5}
+    assert {r["steps_mode"] for r in res["runs"]} == {"equal_steps"}
+    name = f"{tmp_path.name}-validation"  # eval_name: parent folder and stem
+    for r in res["runs"]:
+        assert math.isfinite(r["metrics"][f"{name}/ref_loss"])
+        assert r["metrics"][f"{name}/ref_loss"] != r["metrics"]["ref_loss"]  # its own rows, not the test rows
+    pred = Path(cfg.igds.out) / "experiment" / "runs" / "full-r1-s0" / "predictions" / f"{name}.jsonl"
+    assert len(pred.read_text().splitlines()) == 6
+
+    # fixed epochs: the half-size arms get half the steps (3 = ceil(5 / 2))
+    cfg.finetune.equal_steps = False
+    res = ex.run_experiment(cfg, lm=lm)
+    steps = {r["method"]: r["finetune_steps"] for r in res["runs"]}
+    assert steps == {"random": 3, "longest": 3, "full": 5}
+    assert {r["steps_mode"] for r in res["runs"]} == {"epochs"}
+
+
+def test_equal_steps_refuses_an_explicit_step_count():
+    from igds.config import FinetuneConfig
+    with pytest.raises(ConfigError, match="equal_steps"):
+        FinetuneConfig(equal_steps=True, max_steps=10)
+    assert FinetuneConfig(epochs=2, batch_size=4).steps_for(10) == 6  # ceil(10/4)=3 batches x 2 epochs

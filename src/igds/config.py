@@ -19,6 +19,7 @@ igds defaults, chosen for the reasons given, and every one can be changed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -174,6 +175,10 @@ class FinetuneConfig:
     learning_rate: float | None = knob(None, gt=0)  # None: 2e-4 for LoRA, 1e-5 for full fine-tuning
     epochs: float = 3.0  # passes over the selection
     max_steps: int = -1  # > 0 overrides epochs
+    # Experiments only: every arm trains as many optimiser steps as Full does in `epochs` over the
+    # whole pool (a 50% arm makes twice the passes over its subset), so "IGDS@50% >= Full" compares
+    # selections at equal compute. False = fixed epochs: a 50% arm gets half of Full's steps.
+    equal_steps: bool = False
     batch_size: int = knob(8, ge=1)  # examples per step (per accumulation)
     grad_accum: int = knob(1, ge=1)  # gradient accumulation steps
     warmup_ratio: float = knob(0.03, ge=0, le=1)  # share of steps with a linear warm-up
@@ -199,6 +204,13 @@ class FinetuneConfig:
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.epochs <= 0 and self.max_steps <= 0:
             yield "epochs", "give epochs > 0 or max_steps > 0"
+        if self.equal_steps and self.max_steps > 0:
+            yield "equal_steps", "equal_steps sets every arm's step count from Full's epochs; drop max_steps"
+
+    def steps_for(self, n_examples: int) -> int:
+        """Optimiser steps of ``epochs`` passes over ``n_examples`` (as the Trainer counts them)."""
+        batches = math.ceil(n_examples / self.batch_size)
+        return max(1, math.ceil(self.epochs * max(1, batches // self.grad_accum)))
 
     @property
     def lr(self) -> float:
@@ -217,6 +229,11 @@ class EvalConfig:
     max_new_tokens: int | None = knob(None, ge=1)  # None: the task's own cap (math 256, summarization 128, ...)
     batch_size: int = knob(16, ge=1)  # prompts per generation batch
     save_predictions: bool = True  # per-example predictions and losses next to each run's result
+    # Reference loss only (teacher-forced, no generation) on these files, e.g. the validation split:
+    # a finer-grained signal than the generated metric, cheap enough for hundreds of rows.
+    # Reported as `<file name>/ref_loss`.
+    loss_paths: list[str] = knob(factory=list, path="data")
+    loss_limit: int | None = knob(500, ge=1)  # first N examples of each loss file
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for evaluate_task
 
 

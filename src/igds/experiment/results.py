@@ -95,6 +95,8 @@ def build_results(cfg: ExperimentConfig, metric: str, base: dict[str, Any], runs
             gain = r["metrics"][metric] - base_metrics[metric]
         row["task_gain"] = gain
         row["finetune_seconds"] = (r.get("finetune") or {}).get("seconds")
+        row["finetune_steps"] = (r.get("finetune") or {}).get("steps")
+        row["steps_mode"] = r.get("steps_mode", "epochs")  # runs from before equal_steps trained fixed epochs
         rows.append(row)
     summary = summarize(rows, metric)
     corr = correlation([r["feature_amplification"] for r in rows], [r["task_gain"] for r in rows])

@@ -151,6 +151,7 @@ class Experiment:
     _pool: list[Example] | None = None
     _data: dict[str, DataConfig] | None = None
     _evals: dict[str, list[Example]] | None = None
+    _loss_evals: dict[str, list[Example]] | None = None
     _tables: dict[tuple[str, int], pa.Table] = field(default_factory=dict)
     _shared: dict[Any, Any] = field(default_factory=dict)  # work selectors share (embed and mona: one pass)
     _features: Any = None
@@ -209,6 +210,15 @@ class Experiment:
                 self._evals[name] = task_examples(self.the_task(), p, self.cfg.eval.limit)
         return self._evals
 
+    def loss_evals(self) -> dict[str, list[Example]]:
+        """The reference-loss-only files (``eval.loss_paths``), named apart from the generation evals."""
+        if self._loss_evals is None:
+            self._loss_evals = {}
+            for p in self.cfg.eval.loss_paths:
+                name = eval_name(p, [*self.evals(), *self._loss_evals])
+                self._loss_evals[name] = task_examples(self.the_task(), p, self.cfg.eval.loss_limit)
+        return self._loss_evals
+
     # ---- cache keys
     def data_key(self) -> dict[str, Any]:
         c, pool = self.cfg, self.data()["pool"]
@@ -219,7 +229,7 @@ class Experiment:
     def eval_key(self) -> dict[str, Any]:
         e = self.cfg.eval
         return {"model": self.cfg.igds.model.name, "task": self.cfg.task, "eval": asdict(e),
-                "files": [source_fingerprint(p) for p in e.paths]}
+                "files": [source_fingerprint(p) for p in [*e.paths, *e.loss_paths]]}
 
     def method_key(self, method: str, seed: int) -> dict[str, Any]:
         c = self.cfg
@@ -362,6 +372,13 @@ class Experiment:
                                                     self.cfg.igds.use_chat_template)
             if self.cfg.eval.save_predictions and records:
                 atomic_write_jsonl(out_dir / "predictions" / f"{name}.jsonl", records)
+        for name, exs in self.loss_evals().items():
+            out = evaluate_task(lm, self.the_task(), exs, generate=False, batch_size=self.cfg.eval.batch_size,
+                                use_chat_template=self.cfg.igds.use_chat_template, progress=False)
+            metrics[name] = {"ref_loss": out["metrics"]["ref_loss"]}
+            if self.cfg.eval.save_predictions:
+                atomic_write_jsonl(out_dir / "predictions" / f"{name}.jsonl",
+                                   [{"id": r["id"], "ref_loss": r["ref_loss"]} for r in out["records"]])
         return metrics
 
     # ---- one (method, ratio, seed)
@@ -383,7 +400,10 @@ class Experiment:
                                                     "n": len(chosen), "indices": chosen,
                                                     "ids": [pool[i].id for i in chosen]})
         ft_cfg = replace(self.cfg.finetune, seed=seed)
-        print(f"experiment: {rid}: fine-tuning on {len(selected)} examples")
+        if ft_cfg.equal_steps:  # Full's step count for every arm: selections compared at equal compute
+            ft_cfg = replace(ft_cfg, equal_steps=False, max_steps=ft_cfg.steps_for(len(pool)))
+        print(f"experiment: {rid}: fine-tuning on {len(selected)} examples"
+              + (f" for {ft_cfg.max_steps} steps (equal_steps)" if ft_cfg.max_steps > 0 else ""))
         trained = train_model(self.model(), selected, ft_cfg, rdir / "finetune")
         print(f"experiment: {rid}: evaluating")
         t0 = time.perf_counter()
@@ -398,6 +418,7 @@ class Experiment:
                **amplification(base.get("feature_acts"), acts, self.cfg.amplification.eps),
                "finetune": {k: trained.stats.get(k) for k in ("steps", "train_loss", "seconds", "tokens_per_s",
                                                                "n_truncated", "n_dropped", "n_response_tokens")},
+               "steps_mode": "equal_steps" if self.cfg.finetune.equal_steps else "epochs",
                "eval_seconds": round(eval_s, 2),
                "adapter": str(trained.path) if trained.path else None}
         atomic_write_json(path, res)
