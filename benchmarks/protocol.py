@@ -1,0 +1,221 @@
+"""Within-task protocol: equal optimiser steps, several seeds, a decision rule fixed in advance.
+
+    python benchmarks/protocol.py                          # every task and seed (resumable)
+    python benchmarks/protocol.py --tasks summarization --seeds 0 1   # a part, now
+    python benchmarks/protocol.py --collect-only           # rebuild the tables from finished runs
+
+Each task is an ``igds experiment`` config in ``benchmarks/protocol/<task>.yaml``: 50% of a
+160-row pool, every arm trained for Full's step count (``finetune.equal_steps``), the task
+metric on 200 test rows and the reference loss on 500 held-out rows (``eval.loss_paths``).
+The script writes ``benchmarks/results/protocol.{md,json}`` and each task's block in
+BENCHMARKS.md §1e. The decision rule (pre-registered in BENCHMARKS.md §1e, and implemented
+by :func:`verdict`): a claim "A is better than B" is **met** when A's mean is better than B's
+by more than 2 pooled standard errors on both the task metric and the held-out reference
+loss, **not met** when B's is better by more than 2 on either, and **undecided** otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from diagnostics import selection_diagnostics, top_indices
+from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from igds.experiment import Experiment, headline_metric, load_experiment_config, run_experiment, run_id
+from igds.selection import select_indices
+from splice import splice
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "benchmarks" / "protocol"
+TASKS = ("summarization", "math", "translation")
+METHODS = ("full", "random", "igds", "igds_recall_only", "igds_random_candidates")
+LABELS = {"full": "Full (100%)", "random": "Random", "igds": "**IGDS**",
+          "igds_recall_only": "IGDS, recall only (no causal filter)",
+          "igds_random_candidates": "IGDS, random candidates (no recall)"}
+# (A, B): the claim "A is better than B", each checked by the pre-registered rule
+COMPARISONS = (("igds", "random"), ("igds", "full"), ("igds", "igds_recall_only"),
+               ("igds", "igds_random_candidates"), ("igds_recall_only", "random"),
+               ("igds_random_candidates", "random"))
+THRESHOLD = 2.0  # pooled standard errors
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (sample std / sqrt(n); 0 for one value) and n."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), se, len(v)
+
+
+def standardized_gap(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> tuple[float, float]:
+    """(A's advantage over B in means, that advantage in pooled standard errors).
+
+    The pooled SE of the difference is sqrt(se_A^2 + se_B^2); with zero spread a nonzero gap
+    is infinitely many SEs and a zero gap is 0."""
+    ma, sa, _ = mean_se(a)
+    mb, sb, _ = mean_se(b)
+    gap = (ma - mb) if higher_is_better else (mb - ma)
+    se = math.hypot(sa, sb)
+    if se == 0:
+        return gap, (0.0 if gap == 0 else math.copysign(math.inf, gap))
+    return gap, gap / se
+
+
+def verdict(z_metric: float, z_loss: float, threshold: float = THRESHOLD) -> str:
+    """The pre-registered rule on the two standardized gaps (positive = A better)."""
+    if any(math.isnan(z) for z in (z_metric, z_loss)):
+        return "undecided (missing runs)"
+    if z_metric > threshold and z_loss > threshold:
+        return "met"
+    if z_metric < -threshold or z_loss < -threshold:
+        return "not met"
+    return "undecided"
+
+
+def heldout_loss_key(runs: list[dict[str, Any]]) -> str:
+    """The metric key of the reference loss on the loss-only file (``<name>/ref_loss``)."""
+    keys = sorted({k for r in runs for k in r["metrics"] if k.endswith("/ref_loss")})
+    if len(keys) != 1:
+        raise ValueError(f"expected one held-out reference-loss metric, found {keys}")
+    return keys[0]
+
+
+def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Score-length correlations and overlaps of each arm's 50% pick (issue #12 item 4)."""
+    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*METHODS[1:], "loss", "longest")}
+    pool = exp.pool()
+    k = len(select_indices(tables["random"], ratio=exp.cfg.ratios[0]))
+    loss = tables["loss"].column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    refs = {"loss_top": top_indices(loss, k), "loss_bottom": top_indices(-loss, k),
+            "longest": top_indices(tables["longest"].column("score").to_numpy(zero_copy_only=False), k)}
+    n_tokens = tables["loss"].column("n_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
+    chars = [len(e.response) for e in pool]
+    return {m: selection_diagnostics(tables[m].column("score").to_numpy(zero_copy_only=False).astype(np.float64),
+                                     k, n_tokens, chars, refs) for m in METHODS[1:]}
+
+
+def collect(task: str) -> dict[str, Any] | None:
+    """Every finished run of one task's protocol experiment, with the verdicts."""
+    cfg_path = CONFIGS / f"{task}.yaml"
+    exp = Experiment(load_experiment_config(cfg_path))
+    runs = []
+    for method, ratio, seed in exp.plan():
+        path = exp.exp_dir / "runs" / run_id(method, ratio, seed) / "result.json"
+        if path.exists():
+            runs.append(read_json(path))
+    base_path = exp.exp_dir / "base" / "result.json"
+    if not runs or not base_path.exists():
+        return None
+    metric, loss_key = headline_metric(exp.the_task()), heldout_loss_key(runs)
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(r["method"], []).append(r)
+    cells = {m: {"n": len(rs), "n_train": rs[0]["n_train"], "steps": sorted({r["finetune"]["steps"] for r in rs}),
+                 "metric": mean_se([r["metrics"].get(metric) for r in rs]),
+                 "heldout_loss": mean_se([r["metrics"].get(loss_key) for r in rs]),
+                 "test_loss": mean_se([r["metrics"].get("ref_loss") for r in rs])}
+             for m, rs in by.items()}
+    comparisons = []
+    for a, b in COMPARISONS:
+        if a not in by or b not in by:
+            continue
+        gm, zm = standardized_gap([r["metrics"].get(metric) for r in by[a]],
+                                  [r["metrics"].get(metric) for r in by[b]], True)
+        gl, zl = standardized_gap([r["metrics"].get(loss_key) for r in by[a]],
+                                  [r["metrics"].get(loss_key) for r in by[b]], False)
+        comparisons.append({"a": a, "b": b, "gap_metric": gm, "z_metric": zm, "gap_loss": gl, "z_loss": zl,
+                            "verdict": verdict(zm, zl)})
+    diag_path = exp.exp_dir / "diagnostics.json"
+    seconds = sum((r.get("finetune") or {}).get("seconds") or 0 for r in runs) + sum(r.get("eval_seconds") or 0
+                                                                                    for r in runs)
+    return {"task": task, "config": str(cfg_path.relative_to(ROOT)), "metric": metric, "heldout_loss": loss_key,
+            "planned_runs": len(exp.plan()), "finished_runs": len(runs), "run_seconds": round(seconds, 1),
+            "steps_mode": sorted({r.get("steps_mode", "epochs") for r in runs}),
+            "base": read_json(base_path)["metrics"], "cells": cells, "comparisons": comparisons,
+            "diagnostics": read_json(diag_path) if diag_path.exists() else None}
+
+
+def _ms(cell: tuple[float, float, int], digits: int = 4) -> str:
+    m, se, n = cell
+    return "–" if n == 0 else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def _z(z: float) -> str:
+    return "∞" if math.isinf(z) and z > 0 else "−∞" if math.isinf(z) else f"{z:+.1f}"
+
+
+def task_section(res: dict[str, Any]) -> list[str]:
+    metric, loss = res["metric"], res["heldout_loss"]
+    lines = [f"Config: `{res['config']}`; {res['finished_runs']} of {res['planned_runs']} planned runs finished "
+             f"(steps mode: {', '.join(res['steps_mode'])}); fine-tuning + evaluation time of those runs: "
+             f"{res['run_seconds'] / 60:.1f} min. Cells are mean ± standard error over seeds.", "",
+             f"| method | seeds | n train | steps | `{metric}` | held-out ref loss (`{loss}`) | test ref loss |",
+             "|---|---|---|---|---|---|---|"]
+    b = res["base"]
+    lines.append(f"| base model (no fine-tuning) | – | – | – | {b.get(metric, math.nan):.4f} | "
+                 f"{b.get(loss, math.nan):.4f} | {b.get('ref_loss', math.nan):.4f} |")
+    for m in METHODS:
+        c = res["cells"].get(m)
+        if c:
+            lines.append(f"| {LABELS[m]} | {c['n']} | {c['n_train']} | {'/'.join(map(str, c['steps']))} | "
+                         f"{_ms(c['metric'])} | {_ms(c['heldout_loss'])} | {_ms(c['test_loss'])} |")
+    lines += ["", f"Verdicts (rule of §1e: better by > {THRESHOLD:g} pooled SE on both `{metric}` and held-out "
+              "reference loss = met; worse by > 2 on either = not met; else undecided). Gap = A − B in the metric, "
+              "B − A in loss (positive = A better); z = gap / pooled SE.", "",
+              "| claim | gap in metric (z) | gap in held-out loss (z) | verdict |", "|---|---|---|---|"]
+    for c in res["comparisons"]:
+        lines.append(f"| {LABELS[c['a']].strip('*')} better than {LABELS[c['b']].strip('*')} | "
+                     f"{c['gap_metric']:+.4f} ({_z(c['z_metric'])}) | {c['gap_loss']:+.4f} ({_z(c['z_loss'])}) | "
+                     f"**{c['verdict']}** |")
+    if res["diagnostics"]:
+        lines += ["", "Selection diagnostics at 50% (Spearman of the score with n_tokens and response characters; "
+                  "share of the pick also in Loss-top, Loss-bottom and longest-response):", "",
+                  "| selector | ρ n_tokens | ρ chars | ∩ Loss-top | ∩ Loss-bottom | ∩ longest |", "|---|---|---|---|---|---|"]
+        for m, d in res["diagnostics"].items():
+            cells = [d.get(k) for k in ("rho_n_tokens", "rho_response_chars", "overlap_loss_top",
+                                        "overlap_loss_bottom", "overlap_longest")]
+            lines.append(f"| {LABELS[m].strip('*')} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in cells)
+                         + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--seeds", nargs="+", type=int, help="run only these seeds now (default: the config's)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods now")
+    ap.add_argument("--collect-only", action="store_true", help="rebuild the tables from finished runs only")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "protocol.md"))
+    args = ap.parse_args(argv)
+    for task in [] if args.collect_only else args.tasks:
+        overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
+        overrides += [f"methods=[{','.join(args.methods)}]"] if args.methods else []
+        cfg = load_experiment_config(CONFIGS / f"{task}.yaml", overrides)
+        t0 = time.perf_counter()
+        run_experiment(cfg)
+        exp = Experiment(load_experiment_config(CONFIGS / f"{task}.yaml"))
+        atomic_write_json(exp.exp_dir / "diagnostics.json", diagnostics(exp))
+        print(f"protocol: {task} took {time.perf_counter() - t0:.0f} s")
+    results = {t: r for t in TASKS if (r := collect(t)) is not None}
+    if not results:
+        print("no finished runs to collect")
+        return 1
+    md = [f"# Within-task protocol (generated by `python benchmarks/protocol.py`), {date.today().isoformat()}", ""]
+    for task, res in results.items():
+        md += [f"## {task}", "", *task_section(res), ""]
+        splice(f"protocol-{task}", "\n".join(task_section(res)))
+    atomic_write_text(Path(args.out), "\n".join(md))
+    atomic_write_json(Path(args.out).with_suffix(".json"), results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""benchmarks/protocol.py: the pre-registered rule says met / not met / undecided as written."""
+
+import math
+
+import pytest
+
+from protocol import mean_se, standardized_gap, verdict
+
+
+def test_mean_se_uses_the_sample_std():
+    m, se, n = mean_se([1.0, 2.0, 3.0, None])
+    assert (m, n) == (2.0, 3) and se == pytest.approx(1.0 / math.sqrt(3))
+    assert mean_se([5.0]) == (5.0, 0.0, 1)
+
+
+def test_gap_sign_follows_the_direction_of_better():
+    a, b = [0.30, 0.32, 0.31], [0.20, 0.22, 0.21]
+    gap, z = standardized_gap(a, b, higher_is_better=True)
+    assert gap == pytest.approx(0.10) and z == pytest.approx(0.10 / math.hypot(0.01 / math.sqrt(3), 0.01 / math.sqrt(3)))
+    gap, z = standardized_gap(a, b, higher_is_better=False)  # as a loss, A is the worse one
+    assert gap == pytest.approx(-0.10) and z < -2
+    assert standardized_gap([1.0, 1.0], [1.0, 1.0], True) == (0.0, 0.0)
+    assert standardized_gap([1.0, 1.0], [0.5, 0.5], True)[1] == math.inf
+
+
+@pytest.mark.parametrize("zm,zl,expected", [
+    (2.5, 2.1, "met"),            # better on both by more than 2 SE
+    (2.5, 1.9, "undecided"),      # the loss does not carry it
+    (3.0, -2.1, "not met"),       # decisively worse on one is enough to fail
+    (-2.5, 0.0, "not met"),
+    (1.0, -1.0, "undecided"),
+    (math.nan, 3.0, "undecided (missing runs)"),
+])
+def test_verdicts(zm, zl, expected):
+    assert verdict(zm, zl) == expected
