@@ -172,3 +172,41 @@ def test_real_tokenizer_drops_the_math_template_and_system_prompt(real_lm):
     assert "".join(content_text(tok, t)).replace(" ", "") == "Janethas3ducks.Howmanylegs?6legs.\n####6"
     slow = tokenize_example(SlowTokenizer(tok), ex)  # the prefix alignment agrees on a tokenizer with merges
     assert slow.ids == t.ids and slow.content == t.content
+
+
+def test_spans_survive_the_messages_file_an_experiment_materialises(tmp_path):
+    """runner.materialize writes task data as messages rows: the template words must stay non-content."""
+    from igds.data import DataError, load_examples, write_messages
+    from igds.experiment.runner import materialize
+    from igds.tasks import Task
+
+    tok = make_tokenizer()
+    src = tmp_path / "task.jsonl"
+    src.write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
+    task = Task(name="toy", spec=SPEC, metrics=("exact_match",))
+    dc = materialize(task, replace(load_config(None).task_data, path=str(src)), tmp_path / "m.jsonl")
+    [back] = [e for e in load_examples(dc.path, DataSpec(dialect="messages")) if e.id == "q2"]
+    t = tokenize_example(tok, back)
+    assert content_text(tok, t) == [QUESTIONS[2], "He has 6."]
+    # a messages file without the field: the whole prompt is content (the old, leaky reading)
+    plain = tmp_path / "plain.jsonl"
+    write_messages(plain, [replace(back, content_spans={})])
+    [bare] = list(load_examples(str(plain), DataSpec(dialect="messages")))
+    assert "Solve the problem" in "".join(content_text(tok, tokenize_example(tok, bare)))
+    # a span outside its message is refused with the file, line and field
+    bad = tmp_path / "bad.jsonl"
+    row = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
+    row["igds_content_spans"] = [[1, [[0, 10_000]]]]
+    bad.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="igds_content_spans"):
+        list(load_examples(str(bad), DataSpec(dialect="messages")))
+
+
+def test_translation_prompt_keeps_the_language_names_out_of_content():
+    from igds.tasks import get_task
+
+    tok = make_tokenizer()
+    rec = {"id": "t1", "source": "Guten Morgen, Welt.", "target": "Good morning, world.", "lang_pair": "de-en"}
+    ex = get_task("translation")._render(parse_record(rec, get_task("translation").spec, "mem.jsonl", 1))
+    assert ex.messages[-1]["content"].startswith("Translate this from German to English")
+    assert content_text(tok, tokenize_example(tok, ex)) == ["Guten Morgen, Welt.", "Good morning, world."]

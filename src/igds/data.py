@@ -270,7 +270,9 @@ def parse_record(record: dict[str, Any], spec: DataSpec, src: str, line: int, di
         messages, response, spans = _fields(record, spec, src, line, require_response)
     if dialect != "text":
         messages = _system(record, messages, spec, src, line)
-    content_spans = {} if spans is None else {messages[-1]["content"]: spans}  # the templated user prompt
+    # the templated user prompt's fields; a messages row igds wrote says where they are itself
+    content_spans = _read_spans(record, msgs, src, line) if dialect == "messages" else \
+        {} if spans is None else {messages[-1]["content"]: spans}
     raw_id = record.get(spec.id_field)
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise DataError(src, line, f"expected a string or integer id, got {type(raw_id).__name__}", spec.id_field)
@@ -349,10 +351,37 @@ def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str
     return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
 
 
+SPANS_FIELD = "igds_content_spans"  # messages rows igds writes: where a templated prompt's own text is
+
+
 def _as_messages(ex: Example) -> dict[str, Any]:
     if ex.dialect == "text":  # a text row has no conversation to write
         return {"text": ex.response}
-    return {"messages": [*ex.messages, {"role": "assistant", "content": ex.response}]}
+    row: dict[str, Any] = {"messages": [*ex.messages, {"role": "assistant", "content": ex.response}]}
+    # the template's words stay out of `positions: content` when the file is read back
+    spans = [[i, [list(s) for s in ex.content_spans[m["content"]]]] for i, m in enumerate(ex.messages)
+             if m["content"] in ex.content_spans]
+    if spans:
+        row[SPANS_FIELD] = spans
+    return row
+
+
+def _read_spans(record: dict[str, Any], messages: list[dict[str, str]], src: str, line: int) -> dict[str, list[Span]]:
+    """``[[message index, [[start, end], ...]], ...]`` back into Example.content_spans, checked."""
+    out: dict[str, list[Span]] = {}
+    value = record.get(SPANS_FIELD)
+    if value is None:
+        return out
+    try:
+        for index, spans in value:
+            text = messages[index]["content"]
+            pairs = [(int(a), int(b)) for a, b in spans]
+            if any(not 0 <= a <= b <= len(text) for a, b in pairs):
+                raise ValueError("a span lies outside its message")
+            out[text] = pairs
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise DataError(src, line, f"expected [[message index, [[start, end], ...]], ...] ({e})", SPANS_FIELD) from None
+    return out
 
 
 def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from .content import Span, render_template
 from .data import DataError, DataSpec, Example, Rejects, iter_examples
 from .metrics import METRICS
 
@@ -117,12 +118,18 @@ class Task:
         if self.prompt_fn is None and self.response_fn is None:
             return ex
         messages, response = ex.messages, ex.response
+        spans = ex.content_spans
         if self.prompt_fn is not None:
-            prompt = self.prompt_fn(ex.record, ex.source, ex.line)
+            # a prompt_fn returns the prompt, or (prompt, the spans of the record's own text in it)
+            rendered = self.prompt_fn(ex.record, ex.source, ex.line)
+            prompt, own = rendered if isinstance(rendered, tuple) else (rendered, None)
             messages = [m for m in ex.messages if m["role"] == "system"] + [{"role": "user", "content": prompt}]
+            spans = {m["content"]: v for m, v in ((m, spans.get(m["content"])) for m in messages) if v is not None}
+            if own is not None:
+                spans[prompt] = list(own)
         if self.response_fn is not None:
             response = self.response_fn(ex.record, ex.source, ex.line)
-        return dataclasses.replace(ex, messages=messages, response=response)
+        return dataclasses.replace(ex, messages=messages, response=response, content_spans=spans)
 
     # ---- what the metric compares against
     def references(self, ex: Example) -> list[str]:
@@ -213,9 +220,12 @@ def _languages(record: dict[str, Any], src: str, line: int) -> tuple[str, str]:
     return LANGUAGES.get(str(s).lower(), str(s)), LANGUAGES.get(str(t).lower(), str(t))
 
 
-def translation_prompt(record: dict[str, Any], src: str, line: int) -> str:
+def translation_prompt(record: dict[str, Any], src: str, line: int) -> tuple[str, list[Span]]:
+    """The prompt and the span of the source sentence in it (the language names are template words)."""
     s, t = _languages(record, src, line)
-    return TRANSLATION_TEMPLATE.format(src=s, tgt=t, source=record["source"])
+    names = {"src": s.replace("{", "{{").replace("}", "}}"), "tgt": t.replace("{", "{{").replace("}", "}}")}
+    template = TRANSLATION_TEMPLATE.replace("{src}", names["src"]).replace("{tgt}", names["tgt"])
+    return render_template(template, {"source": record["source"]})
 
 
 # ====================================================================== registry
