@@ -3,7 +3,8 @@
     igds run       --config FILE.yaml [--model M --task-data T --pool P --ratio R --out DIR] [key=value ...]
     igds features  (same options)          Stage 1 only: RUN_DIR/features.json
     igds score     (same options)          Stage 1 (cached) + Stage 2: RUN_DIR/scores.parquet
-    igds select    RUN_DIR --ratio R | --budget N [--scores TABLE] [--output FILE]
+    igds select    RUN_DIR --ratio R | --budget N [--mode top|quota|coverage] [--gate G] [--scores TABLE]
+                   [--output FILE]
     igds report    RUN_DIR
     igds experiment / train-sae / eval-sae  [--config FILE.yaml] [--key value ...] [key=value ...]
     igds config show [--for run|experiment|train-sae|eval-sae] [--config FILE] [key=value ...]
@@ -41,8 +42,8 @@ from typing import Any, Sequence
 import yaml
 
 from .artifacts import atomic_write_json
-from .config import (IGDS_METHODS, EvalSAEConfig, ExperimentConfig, RunConfig, TrainSAEConfig, dump_config, field_help,
-                     field_type, load_config)
+from .config import (IGDS_METHODS, EvalSAEConfig, ExperimentConfig, RunConfig, SelectConfig, TrainSAEConfig,
+                     dump_config, field_help, field_type, load_config)
 from .data import DataError
 from .eval_sae import run_eval, summary_lines
 from .evaluate import evaluate_task
@@ -245,7 +246,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UsageError(f"{run_dir}: not an igds run directory (no config.yaml); run `igds run --out {run_dir}` first")
-    path, n = reselect(run_dir, args.ratio, args.budget, args.scores, args.output)
+    path, n = reselect(run_dir, args.ratio, args.budget, args.scores, args.output, args.mode, args.gate)
     print(f"{n} examples -> {path}")
     return 0
 
@@ -344,8 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--ratio", type=float)
     g.add_argument("--budget", type=int)
+    select_help = field_help(SelectConfig)
+    p.add_argument("--mode", choices=typing.get_args(field_type(SelectConfig, "mode")),
+                   help=f"{select_help['mode']} (default: the run's select.mode)")
+    p.add_argument("--gate", type=float, help=f"{select_help['gate']} (default: the run's select.gate)")
     p.add_argument("--scores", help="another score table (e.g. a baseline's); default RUN_DIR/scores.parquet")
-    p.add_argument("--output", help="output JSONL (default RUN_DIR/selection_r<ratio>.jsonl)")
+    p.add_argument("--output", help="output JSONL (default RUN_DIR/selection_r<ratio>[_<mode>].jsonl)")
     p.set_defaults(fn=cmd_select)
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.add_argument("run_dir")

@@ -30,7 +30,10 @@ from .config_tools import (ConfigError, cache_view, check, dump_config, field_he
 
 # IGDS and its ablations run through the pipeline (features cached per method); every other
 # experiment method is a selector of the registry in igds.selectors, which checks its name.
-IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates")
+# The derived arms re-read igds's own score table (no second Stage 1): igds_low takes the lowest
+# scores first (the direction check), igds_quota / igds_coverage its select modes quota / coverage.
+IGDS_DERIVED = ("igds_low", "igds_quota", "igds_coverage")
+IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates", *IGDS_DERIVED)
 DATA_SECTIONS = ("pool", "task_data", "validation")
 
 # Which tokens count (igds.activations.count_mask): all | prompt | response | content. `content` is the
@@ -125,8 +128,20 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
+    """How the budget is taken from the score table (igds.selection.select_rows)."""
+
     ratio: float | None = knob(0.5, gt=0, le=1)  # share of the pool to keep (ignored when budget is set)
     budget: int | None = knob(None, ge=1)  # number of pool examples to keep
+    # top = the highest scores (the paper's); quota = round-robin over the validated features, each taking
+    # its best row left; coverage = greedy SAE-feature coverage among the rows the gate lets through (ours)
+    mode: Literal["top", "quota", "coverage"] = "top"
+    # coverage only: the top share of the pool by score that is eligible; must exceed the ratio for coverage
+    # to choose (ours: 0.75 leaves the default ratio 0.5 a choice among three quarters of the pool)
+    gate: float = knob(0.75, gt=0, le=1)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.mode == "coverage" and self.budget is None and self.ratio is not None and self.ratio > self.gate:
+            yield "gate", f"coverage keeps only the top {self.gate} of the pool, less than the ratio {self.ratio}"
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from ._version import __version__
-from .artifacts import RunInfo, atomic_write_jsonl, atomic_write_text, run_directory, stable_hash
+from .artifacts import RunInfo, atomic_write_json, atomic_write_jsonl, atomic_write_text, run_directory, stable_hash
 from .config import RunConfig, cache_view, dump_config, load_config
 from .data import Example, Rejects, iter_examples, tokenize_example, write_records
 from .engines import score_features
@@ -40,7 +40,7 @@ from .report import write_report
 from .report.stats import correlations
 from .sae import SAE
 from .scoring import Scores
-from .selection import check_pool_ids, read_score_table, select_indices, table_meta
+from .selection import check_pool_ids, read_score_table, select_rows, table_meta
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +124,19 @@ def write_rejects(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_selection(run_dir: Path, cfg: RunConfig, table: pa.Table, ratio: float | None = None,
                     budget: int | None = None, out: Path | None = None,
-                    scores_path: str | Path | None = None) -> tuple[Path, int]:
-    """Write the selected pool records (own dialect, best first) plus ``igds_score``,
-    ``igds_index`` and ``igds_id``.
+                    scores_path: str | Path | None = None, mode: str | None = None,
+                    gate: float | None = None) -> tuple[Path, int]:
+    """Write the selected pool records (own dialect, in pick order) plus ``igds_score``,
+    ``igds_index`` and ``igds_id``, and next to them (``<stem>.meta.json``) how they were chosen.
 
+    ``mode`` and ``gate`` (:func:`igds.selection.select_rows`) default to ``cfg.select``'s.
     The table's ids are checked row by row against the pool first (:func:`check_pool_ids`):
     a table that does not match the pool (``scores_path`` in the message) is refused."""
     scores_path = scores_path or run_dir / "scores.parquet"
     source = resolve_source(cfg.pool, "pool")
-    chosen = select_indices(table, ratio=ratio, budget=budget)
+    mode = mode or cfg.select.mode
+    gate = cfg.select.gate if gate is None else gate
+    chosen = select_rows(table, ratio=ratio, budget=budget, mode=mode, gate=gate)
     rank = {idx: r for r, idx in enumerate(chosen)}
     picked: dict[int, Example] = {}
     stream = iter_examples(source, data_spec(cfg.pool), split=cfg.pool.split, skip_bad=cfg.skip_bad)
@@ -154,6 +158,9 @@ def write_selection(run_dir: Path, cfg: RunConfig, table: pa.Table, ratio: float
     out = out or run_dir / "selection.jsonl"
     write_records(out, [picked[i] for i in chosen],
                   {picked[i].id: {"igds_score": by_index[i], "igds_index": i, "igds_id": picked[i].id} for i in chosen})
+    atomic_write_json(out.with_name(out.stem + ".meta.json"),
+                      {"mode": mode, "gate": gate if mode == "coverage" else None, "ratio": ratio, "budget": budget,
+                       "n": len(chosen), "scores": str(scores_path)})
     return out, len(chosen)
 
 
@@ -258,14 +265,18 @@ def run(cfg: RunConfig, lm: LoadedModel | None = None) -> RunResult:
 
 
 def reselect(run_dir: str | Path, ratio: float | None = None, budget: int | None = None,
-             scores: str | Path | None = None, out: str | Path | None = None) -> tuple[Path, int]:
-    """``igds select``: take another ratio/budget from an existing score table."""
+             scores: str | Path | None = None, out: str | Path | None = None, mode: str | None = None,
+             gate: float | None = None) -> tuple[Path, int]:
+    """``igds select``: take another ratio/budget (``mode``, ``gate``: default the run's) from an
+    existing score table."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     scores_path = Path(scores or run_dir / "scores.parquet")
     table = read_score_table(scores_path)
-    name = out or (run_dir / (f"selection_r{ratio}.jsonl" if ratio is not None else f"selection_n{budget}.jsonl"))
-    return write_selection(run_dir, cfg, table, ratio, budget, Path(name), scores_path)
+    mode = mode or cfg.select.mode
+    size = f"r{ratio}" if ratio is not None else f"n{budget}"
+    name = out or run_dir / (f"selection_{size}.jsonl" if mode == "top" else f"selection_{size}_{mode}.jsonl")
+    return write_selection(run_dir, cfg, table, ratio, budget, Path(name), scores_path, mode, gate)
 
 
 def igds_scores(lm: LoadedModel, cfg: RunConfig, run_dir: str | Path) -> tuple[pa.Table, FeatureSet]:
