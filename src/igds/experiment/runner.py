@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, stable_hash
-from ..config import (DATA_SECTIONS, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig, RunConfig,
-                      cache_view, check, dump_config, load_config)
+from ..config import (DATA_SECTIONS, IGDS_DERIVED, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
+                      RunConfig, cache_view, check, dump_config, load_config)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..feature_set import FeatureSet
@@ -28,6 +28,7 @@ from ..scoring import feature_activations, source_fingerprint
 from ..sae import SAE
 from ..selection import read_score_table, select_indices, write_score_table
 from ..selectors import SELECTORS, SelectionContext, get_selector, run_selector
+from ..selectors.frs import derive_table
 from ..tasks import Task, get_task
 from .results import (amplification, build_results, eval_name, flatten_metrics, headline_metric, results_markdown,
                       run_id, write_results)
@@ -57,6 +58,13 @@ def check_methods(cfg: ExperimentConfig, where: str = "config") -> None:
     if targeting and not cfg.igds.task_data.path:
         raise ConfigError(f"{where}: igds.task_data.path: {targeting} score the pool against the task examples; "
                           "give them")
+    select = cfg.igds.select
+    if select.mode != "top":  # every arm's table already holds its order; a mode would apply to one of them
+        raise ConfigError(f"{where}: igds.select.mode: experiments select the top of each arm's table; compare "
+                          "the modes with the methods igds_quota and igds_coverage")
+    if "igds_coverage" in cfg.methods and max(cfg.ratios) > select.gate:
+        raise ConfigError(f"{where}: igds.select.gate: igds_coverage keeps only the top {select.gate} of the pool, "
+                          f"less than the ratio {max(cfg.ratios)}")
 
 
 def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, DataConfig] | None = None
@@ -75,7 +83,8 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
 
 
 def method_dir(run_dir: Path, method: str) -> Path:
-    return run_dir if method == "igds" else run_dir / "ablations" / method
+    """Where an IGDS arm's stages run: igds's own folder for igds and the arms derived from its table."""
+    return run_dir if method == "igds" or method in IGDS_DERIVED else run_dir / "ablations" / method
 
 
 # ====================================================================== task / evaluation seams
@@ -241,7 +250,7 @@ class Experiment:
                     "score": cache_view(rc.score),
                     "task_sha": source_fingerprint(rc.task_data.path) if rc.task_data.path else None,
                     "validation_sha": source_fingerprint(rc.validation.path) if rc.validation.path else None,
-                    "seed": rc.seed}
+                    "seed": rc.seed, **({"gate": rc.select.gate} if method == "igds_coverage" else {})}
         if method == "full":
             return {}
         opts = c.baselines.get(method, {})
@@ -266,7 +275,10 @@ class Experiment:
         mem = (method, seed if method == "random" else 0)
         if mem in self._tables:
             return self._tables[mem]
-        if method in IGDS_METHODS:
+        if method in IGDS_DERIVED:  # igds's own table, re-read: no second Stage 1
+            select = run_config(self.cfg, method, self.data()).select
+            table = derive_table(method, self.table("igds", 0), select)
+        elif method in IGDS_METHODS:
             rc = run_config(self.cfg, method, self.data())
             mdir = method_dir(self.run_dir, method)
             mdir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +325,7 @@ class Experiment:
         """The main IGDS run's validated features (None when there is no IGDS run)."""
         if self._features is None:
             path = self.run_dir / "features.json"
-            if "igds" in self.cfg.methods:
+            if any(m == "igds" or m in IGDS_DERIVED for m in self.cfg.methods):
                 self.table("igds", 0)
             elif path.exists():
                 self._features = FeatureSet.load(path)

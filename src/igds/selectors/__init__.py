@@ -23,6 +23,8 @@ embed                    cosine of mean residuals to the task centroid         m
 mona                     MoNA: generalised Jaccard of mean SAE codes           model, task, sae
 igds, igds_recall_only,  the Feature-Resonant Score (and its ablations);       model + options
 igds_random_candidates   options ``config`` (RunConfig) and ``run_dir``
+igds_low, igds_quota,    igds's own table: lowest first, or in select mode     model + options
+igds_coverage            quota / coverage (:mod:`igds.selectors.frs`)
 =======================  ====================================================  =================
 
 ``dsir`` and ``bm25`` need the extra ``igds[select]``. Each selector's own options

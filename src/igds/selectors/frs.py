@@ -16,18 +16,36 @@ The selector checks that the table lists ``pool``'s ids in order. Ablations:
 ``igds_recall_only`` turns the causal filter off (every recalled candidate scores);
 ``igds_random_candidates`` sends random features through the filter instead of the
 recalled ones.
+
+Derived arms (:class:`IGDSDerived`) re-read igds's own score table (same features, same
+scores; give igds's ``run_dir`` and its stages are reused, not re-run) and turn it into a
+table whose top rows are the arm's selection:
+
+* ``igds_low``: the lowest Feature-Resonant Scores first (score and ``f:`` columns
+  negated; NaN rows stay last), to check the direction: the authors' earlier translation
+  paper selected the rows that activate the task features least;
+* ``igds_quota`` / ``igds_coverage``: :func:`igds.selection.select_rows` in mode
+  ``quota`` / ``coverage`` (``config.select.gate``). Both pick orders do not depend on
+  the budget, so the table's score is the pick order (first pick highest) and any budget
+  takes a prefix of it; for coverage, the rows the gate keeps out follow, in score
+  order, after every eligible row (a ratio above the gate would reach them: keep it below).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from abc import abstractmethod
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import pyarrow as pa
 
+from ..config import SelectConfig
 from ..data import Example
 from ..pipeline import igds_scores
-from .base import SelectionContext, Selector, check_table, register
+from ..selection import FEATURE_PREFIX, budget_for, select_rows, table_meta, top_order
+from .base import SelectionContext, Selector, check_table, get_selector, register
 
 
 class IGDSSelector(Selector):
@@ -65,3 +83,74 @@ class IGDSRandomCandidates(IGDSSelector):
     """Ablation: random features go through the causal filter instead of the recalled ones."""
 
     filter_overrides = {"random_candidates": True}
+
+
+class IGDSDerived(IGDSSelector):
+    """An arm computed from igds's own score table (:meth:`derive`), not from a run of its own."""
+
+    def score(self, pool: Sequence[Example], ctx: SelectionContext) -> pa.Table:
+        table = super().score(pool, ctx)
+        return check_table(self.name, self.derive(table, ctx.options["config"].select), pool)
+
+    @abstractmethod
+    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+        """This arm's table from igds's ``table`` (``select``: the run's selection settings)."""
+
+    def _with_score(self, table: pa.Table, score: np.ndarray, **meta: Any) -> pa.Table:
+        out = table.set_column(table.column_names.index("score"), "score", pa.array(score, type=pa.float64()))
+        note = {**table_meta(table), "method": self.name, "derived_from": "igds", **meta}
+        return out.replace_schema_metadata({**(table.schema.metadata or {}), b"igds": json.dumps(note).encode()})
+
+
+def _pick_order_scores(n: int, picks: Sequence[int], index: np.ndarray) -> np.ndarray:
+    """Scores whose top-k are the first k of ``picks`` (pool indices): n, n-1, ... in pick order."""
+    position = {int(i): p for p, i in enumerate(index.tolist())}
+    score = np.full(n, np.nan)
+    score[[position[i] for i in picks]] = n - np.arange(len(picks), dtype=np.float64)
+    return score
+
+
+@register("igds_low")
+class IGDSLow(IGDSDerived):
+    """The direction check: igds's rows, lowest Feature-Resonant Score first."""
+
+    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+        out = table
+        for i, name in enumerate(table.column_names):
+            if name.startswith(FEATURE_PREFIX):
+                negated = -table.column(name).to_numpy(zero_copy_only=False)
+                out = out.set_column(i, name, pa.array(negated, type=table.schema.field(name).type))
+        score = -table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        return self._with_score(out, score, order="lowest FRS first")
+
+
+@register("igds_quota")
+class IGDSQuota(IGDSDerived):
+    """igds's table in select mode ``quota``: per-feature round-robin."""
+
+    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+        picks = select_rows(table, budget=table.num_rows, mode="quota")
+        index = table.column("index").to_numpy(zero_copy_only=False)
+        return self._with_score(table, _pick_order_scores(table.num_rows, picks, index), mode="quota")
+
+
+@register("igds_coverage")
+class IGDSCoverage(IGDSDerived):
+    """igds's table in select mode ``coverage`` (gate ``select.gate``), then the gated-out rows."""
+
+    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+        n = table.num_rows
+        index = table.column("index").to_numpy(zero_copy_only=False)
+        eligible = budget_for(n, ratio=select.gate)
+        picks = select_rows(table, budget=eligible, mode="coverage", gate=select.gate)
+        rest = [int(index[i]) for i in top_order(table)[eligible:]]  # below the gate, in score order
+        return self._with_score(table, _pick_order_scores(n, [*picks, *rest], index), mode="coverage",
+                                gate=select.gate)
+
+
+def derive_table(method: str, igds_table: pa.Table, select: SelectConfig) -> pa.Table:
+    """The table of the derived arm ``method`` (:data:`igds.config.IGDS_DERIVED`) from igds's own table."""
+    arm = get_selector(method)
+    if not isinstance(arm, IGDSDerived):
+        raise ValueError(f"{method!r} is not an arm derived from igds's table")
+    return arm.derive(igds_table, select)
