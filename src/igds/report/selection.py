@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import DataSpec, detect_dialect
 from ..readers import iter_records
-from ..selection import select_indices
+from ..selection import select_indices, select_rows
 from .fmt import esc, fmt, na, td
 from .load import RunData, column, config_value, selection_budget
 from .plots import MAX_SCATTER_POINTS, NO_MATPLOTLIB, REJECTED, SELECTED, img, pyplot, subsample
@@ -140,7 +140,10 @@ def section_selection(d: RunData) -> str:
     if k is None:
         k = max(1, int(math.floor(0.5 * d.scores.num_rows + 0.5)))
         note = na("selection size: no selection.jsonl and no ratio in config.yaml; showing the top 50%.")
-    sel_idx = select_indices(d.scores, budget=k)
+    # the run's own selection mode (quota / coverage pick other rows than the top k)
+    mode = config_value(d.config, "select", "mode") or "top"
+    gate = config_value(d.config, "select", "gate")
+    sel_idx = select_rows(d.scores, budget=k, mode=mode, **({"gate": gate} if gate is not None else {}))
     index = column(d.scores, "index")
     score = column(d.scores, "score").astype(float)
     is_sel = np.isin(index, np.asarray(sel_idx))
