@@ -1,16 +1,18 @@
 import json
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from igds.config import ScoreConfig
 from igds.data import DataSpec
-from igds.feature_set import Candidate
+from igds.feature_set import Candidate, Effect
 from igds.features import FeatureSet
-from igds.scoring import FeatureScorer, ScoreSummary, compute_local, score_pool
-from igds.selection import select_indices
+from igds.scoring import (FeatureScorer, ScoreSummary, combine_scores, compute_local, effect_weights, percentiles,
+                          score_pool)
+from igds.selection import select_indices, table_meta
 
 from planted import blank_sae, plant_always_on, plant_detector
 
@@ -119,3 +121,78 @@ def test_mean_aggregation_is_not_length_biased_but_sum_is(tiny_lm, planted, tmp_
     m, s = mean.column("score").to_pylist(), summed.column("score").to_pylist()
     assert m[0] > m[1]  # the short example is denser in the feature
     assert s[1] >= s[0] * 0.99  # the sum cannot tell density from length
+
+
+# ---------------------------------------------------------------- combining features
+def effect(mean_delta):
+    return Effect(metric="ref_loss", alpha=2.0, n=32, mean_delta=mean_delta, se=0.01, ci_low=0.0, ci_high=0.0)
+
+
+def correlation(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_a_sparse_huge_feature_dominates_the_mean_but_not_zscore_or_rank():
+    """Feature A grades every row; feature B is 0 except two rows at 100 (the two lowest in A). The plain
+    mean is B alone; the z-score and rank combinations hear both features equally."""
+    n = 40
+    a = np.linspace(0.0, 2.0, n)
+    b = np.zeros(n)
+    b[:2] = 100.0
+    norm = np.stack([a, b], axis=1)
+    equal = np.array([0.5, 0.5])
+    mean = combine_scores(norm, "mean")
+    assert correlation(mean, b) > 0.99 and correlation(mean, a) < 0  # A's order is lost behind the spikes
+    assert set(np.argsort(-mean)[:2]) == {0, 1}  # the two spikes lead, though they are the weakest rows in A
+    for how in ("zscore", "rank"):
+        score = combine_scores(norm, how, equal)
+        assert correlation(score, a) > 0.5 and correlation(score, b) < 0.9, how  # both features count
+        assert np.argmax(score[2:]) == n - 3  # apart from the spikes, A orders the rows
+    rank = combine_scores(norm, "rank", equal)
+    assert set(np.argsort(-rank)[:5]) == {n - 1, n - 2, n - 3, n - 4, n - 5}  # the spikes no longer lead
+
+
+def test_percentiles_average_ties():
+    np.testing.assert_allclose(percentiles(np.array([5.0, 1.0, 5.0, 3.0, 0.0])), [0.875, 0.25, 0.875, 0.5, 0.0])
+    np.testing.assert_allclose(percentiles(np.array([2.0])), [0.5])
+
+
+def test_effect_weights_clip_at_zero_and_normalise():
+    cands = [Candidate(f"L1/F{j}", 1, j, effect=effect(d)) for j, d in enumerate([0.3, -0.1, 0.1, 0.0])]
+    np.testing.assert_allclose(effect_weights(cands), [0.75, 0.0, 0.25, 0.0])
+    np.testing.assert_allclose(effect_weights([Candidate("L1/F0", 1, 0), Candidate("L1/F1", 1, 1)]), [0.5, 0.5])
+    np.testing.assert_allclose(effect_weights(cands[1:2] + cands[3:]), [0.5, 0.5])  # none positive: equal
+
+
+@pytest.mark.parametrize("how", ["zscore", "rank"])
+def test_a_feature_without_positive_effect_does_not_move_the_ranking(how):
+    rng = np.random.default_rng(0)
+    helpful, harmful = rng.gamma(2.0, size=30), rng.gamma(2.0, size=30)
+    cands = [Candidate("L1/F0", 1, 0, effect=effect(0.2)), Candidate("L1/F1", 1, 1, effect=effect(-0.05))]
+    weights = effect_weights(cands)
+    base = combine_scores(np.stack([helpful, harmful], axis=1), how, weights)
+    shuffled = combine_scores(np.stack([helpful, rng.permutation(harmful) * 50], axis=1), how, weights)
+    np.testing.assert_array_equal(np.argsort(-base), np.argsort(-shuffled))
+    unweighted = combine_scores(np.stack([helpful, rng.permutation(harmful) * 50], axis=1), how, np.array([.5, .5]))
+    assert not np.array_equal(np.argsort(-base), np.argsort(-unweighted))  # with a weight it would move
+
+
+def test_pool_wide_combination_is_computed_over_every_shard(tiny_lm, planted, tmp_path):
+    """zscore over 4 shards of 6 rows equals zscore over the whole table, not over each shard."""
+    saes, _ = planted
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=0.5, validated=True, effect=effect(0.2)),
+                                Candidate("L1/F2", 1, 2, scale=1.0, validated=True, effect=effect(0.1))],
+                    validated=["L1/F5", "L1/F2"])
+    rows = write_pool(tmp_path / "pool.jsonl")
+    pool = str(tmp_path / "pool.jsonl")
+    sharded = score_pool(tiny_lm, saes, fs, pool, DataSpec(), ScoreConfig(shard_size=6, combine="zscore"),
+                         tmp_path / "a").table
+    whole = score_pool(tiny_lm, saes, fs, pool, DataSpec(), ScoreConfig(shard_size=100, combine="zscore"),
+                       tmp_path / "b").table
+    norm = np.stack([sharded.column(f"f:{k}").to_numpy() for k in fs.validated], axis=1).astype(np.float64)
+    expected = combine_scores(norm, "zscore", np.array([2 / 3, 1 / 3]))
+    np.testing.assert_allclose(sharded.column("score").to_numpy(), expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(whole.column("score").to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert table_meta(sharded)["weights"] == {"L1/F5": pytest.approx(2 / 3), "L1/F2": pytest.approx(1 / 3)}
+    n_resonant = sum(r["resonant"] for r in rows)
+    assert all(rows[i]["resonant"] for i in select_indices(sharded, budget=n_resonant))

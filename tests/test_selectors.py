@@ -194,7 +194,7 @@ def test_zip_budget_and_stage_sizes():
 # ---------------------------------------------------------------- registry
 def test_registry_names_and_errors():
     assert {"random", "loss", "ifd", "zip", "longest", "dsir", "bm25", "embed", "mona", "igds", "igds_recall_only",
-            "igds_random_candidates"} <= set(SELECTORS)
+            "igds_random_candidates", "igds_jaccard"} <= set(SELECTORS)
     with pytest.raises(KeyError, match="unknown selector 'nope'; known: .*bm25.*random"):
         get_selector("nope")
     with pytest.raises(ValueError, match="registered twice"):
@@ -292,7 +292,7 @@ def planted_ctx(tiny_lm):
     return SelectionContext(model=tiny_lm, task=SEVENS_TASK, sae=sae, max_length=128)
 
 
-@pytest.mark.parametrize("name", ["embed", "mona"])
+@pytest.mark.parametrize("name", ["embed", "mona", "igds_jaccard"])
 def test_sae_selectors_rank_task_rows_first(planted_ctx, name):
     table = run_selector(name, SEVENS_POOL, planted_ctx)
     assert sorted(select_indices(table, budget=4)) == [0, 2, 4, 6]
@@ -320,3 +320,63 @@ def test_embed_and_mona_share_one_forward_pass(planted_ctx, monkeypatch):
                                shared=shared)
         run_selector(name, SEVENS_POOL, ctx)
     assert len(calls) == 2  # one pass over the task, one over the pool, for both selectors
+
+
+# ---------------------------------------------------------------- igds_jaccard: causally weighted MoNA
+def test_igds_jaccard_without_causal_weight_is_mona(planted_ctx):
+    mona = run_selector("mona", SEVENS_POOL, planted_ctx).column("score").to_numpy()
+    ctx = SelectionContext(model=planted_ctx.model, task=SEVENS_TASK, sae=planted_ctx.sae, max_length=128,
+                           options={"causal_weight": 0})
+    plain = run_selector("igds_jaccard", SEVENS_POOL, ctx)
+    np.testing.assert_allclose(plain.column("score").to_numpy(), mona, rtol=1e-6)
+    assert table_meta(plain)["upweighted_features"] == 0
+    with pytest.raises(ValueError, match="causal_weight must be a number >= 0"):
+        run_selector("igds_jaccard", SEVENS_POOL, SelectionContext(
+            model=planted_ctx.model, task=SEVENS_TASK, sae=planted_ctx.sae, options={"causal_weight": -1}))
+
+
+def test_igds_jaccard_up_weights_the_causal_feature(tiny_lm):
+    """Two planted features at the last block, both in the task: F5 fires on "7" and writes the unembedding
+    row of "7" (amplifying it lowers the loss of the task's all-sevens answers), F6 fires on "x" and writes
+    nothing (attribution exactly 0). Plain generalised Jaccard ranks the x-rich rows first; weighting F5 by
+    its attribution t-statistic puts the 7-rich rows first, and moves every row the expected way."""
+    from planted import blank_sae, plant_detector
+
+    layer = tiny_lm.n_layers - 1
+    task = [_ex(300 + i, f"x x x {i}: say sevens", "7" * (6 + i)) for i in range(6)]
+    sevens = [_ex(i, f"write {i}", "7 7 7 and some words") for i in range(4)]
+    exes = [_ex(10 + i, "x x x x please", f"fine {i}") for i in range(4)]
+    pool = [e for pair in zip(sevens, exes) for e in pair]  # 7-rich rows at even positions
+    texts = [tiny_lm.tokenizer.apply_chat_template(e.messages + [{"role": "assistant", "content": e.response}],
+                                                   tokenize=False) for e in task + pool]
+    sae = blank_sae(tiny_lm, layer)
+    plant_detector(tiny_lm, sae, 5, layer, texts, [], "7")
+    plant_detector(tiny_lm, sae, 6, layer, texts, [], "x")
+    _, W_U = tiny_lm.unembedding()
+    with torch.no_grad():
+        for j in (5, 6):  # ReLU is positively homogeneous: same on/off pattern, activations far above 0
+            sae.W_enc[:, j] *= 1000
+            sae.b_enc[j] *= 1000
+        sae.W_dec[5] = torch.nn.functional.normalize(W_U[tiny_lm.tokenizer.convert_tokens_to_ids("7")], dim=0)
+        sae.W_dec[6] = 0
+    table = run_selector("igds_jaccard", pool, SelectionContext(model=tiny_lm, task=task, sae=sae, max_length=128))
+    plain, weighted = table.column("jaccard").to_numpy(), table.column("weighted_jaccard").to_numpy()
+    assert sorted(select_indices(table, budget=4)) == [0, 2, 4, 6]
+    assert np.all(plain[1::2] > plain[0::2].max())  # unweighted, the x-rich rows lead
+    assert np.all(weighted[0::2] > plain[0::2]) and np.all(weighted[1::2] < plain[1::2])
+    meta = table_meta(table)
+    assert meta["upweighted_features"] >= 1 and meta["max_weight"] > 2 and meta["screen_n"] == len(task)
+
+
+def test_igds_jaccard_shares_the_pool_pass_with_embed_and_mona(planted_ctx, monkeypatch):
+    from igds.selectors import sae_means
+
+    calls = []
+    real = sae_means.iter_activation_batches
+    monkeypatch.setattr(sae_means, "iter_activation_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared: dict = {}
+    for name in ("igds_jaccard", "embed", "mona", "igds_jaccard"):
+        ctx = SelectionContext(model=planted_ctx.model, task=SEVENS_TASK, sae=planted_ctx.sae, max_length=128,
+                               shared=shared)
+        run_selector(name, SEVENS_POOL, ctx)
+    assert len(calls) == 2  # one pass over the task, one over the pool, for all three

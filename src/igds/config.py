@@ -108,8 +108,13 @@ class ScoreConfig:
     """Stage 2: the Feature-Resonant Score (defaults ours)."""
 
     aggregation: Literal["mean", "sum", "max"] = "mean"  # over counted tokens (sum is length-biased)
-    normalize: bool = True  # divide each feature by its mean activation on the task probe set
-    combine: Literal["mean", "sum"] = "mean"  # over validated features
+    # divide each feature by its mean activation on the task probe set (no effect on zscore / rank, which a
+    # positive per-feature scale leaves unchanged)
+    normalize: bool = True
+    # over validated features: mean or sum of the (normalised) features per row (the paper's combination), or
+    # over the whole pool each feature's z-score (zscore) or percentile rank (rank), averaged with weights
+    # max(0, the feature's Stage 1b effect), 1 for a feature with none (igds.scoring.combine_scores)
+    combine: Literal["mean", "sum", "zscore", "rank"] = "mean"
     positions: Positions = "all"  # which tokens count: all | prompt | response | content
     max_length: int = knob(1024, ge=2)  # longer examples are truncated (and counted in run.json)
     batch_tokens: int = knob(8192, ge=1, cache=False)  # padded tokens per forward

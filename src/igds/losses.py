@@ -60,12 +60,13 @@ def _final_norm(lm: LoadedModel) -> nn.Module:
     return norm
 
 
-@torch.no_grad()
 def logits_at(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               positions: torch.Tensor) -> torch.Tensor:
     """Float logits only at ``positions`` (bool (B, S)), as a flat (n, vocab) tensor.
 
-    The forward is stopped after the final norm so the LM head runs on the needed rows only."""
+    The forward is stopped after the final norm so the LM head runs on the needed rows only.
+    Gradients follow the caller: every scorer calls this under ``torch.no_grad``, and
+    :mod:`igds.attribution` differentiates the loss through it."""
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _a, out):

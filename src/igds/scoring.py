@@ -4,17 +4,23 @@ For each pool example, each validated feature's activation is aggregated over th
 counted tokens (``mean`` by default; ``max``; ``sum``, which grows with length -
 long examples win - so report the score-length correlation if you use it), divided
 by the feature's mean activation on the task probe set (so that a feature firing at
-3.0 and one firing at 30.0 weigh the same), and the features are combined by their
-mean (or sum): the example's Feature-Resonant Score.
+3.0 and one firing at 30.0 weigh the same), and the features are combined
+(:func:`combine_scores`) into the example's Feature-Resonant Score: by their mean (the
+paper's; or sum) per row, or, since dividing by a mean still lets a sparse feature with
+rare huge values dominate the mean (method audit §3.7), by a weighted mean of each
+feature's z-score or percentile rank over the whole pool, weighted by the feature's
+causal effect (:func:`effect_weights`).
 
 Scoring streams the pool in shards of ``shard_size`` examples. Each finished shard is
 written atomically under ``RUN_DIR/cache/scores-<key>/``, where the key hashes
 everything the scores depend on (model, SAEs, validated features and scales, pool
 content, scoring settings). A killed run resumes from its last finished shard and
-produces a byte-identical ``scores.parquet``. :class:`ShardStore` owns that cache;
-an engine (:func:`compute_local` here, :mod:`igds.ray_engine` on Ray) only scores the
-shards the store says are pending, and :func:`score_pool` runs the one sequence:
-pending -> compute -> assemble.
+produces a byte-identical ``scores.parquet``. Each shard keeps every feature's column
+(``f:<key>``), so the pool-wide combinations (``zscore``, ``rank``) are computed once all
+shards are in (:meth:`ShardStore.assemble`); a shard's own ``score`` column holds them over
+that shard alone. :class:`ShardStore` owns that cache; an engine (:func:`compute_local`
+here, :mod:`igds.ray_engine` on Ray) only scores the shards the store says are pending,
+and :func:`score_pool` runs the one sequence: pending -> compute -> assemble.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -37,13 +44,15 @@ from .activations import iter_activation_batches
 from .artifacts import atomic_write_json, atomic_write_parquet, read_json, stable_hash
 from .config import ScoreConfig, cache_view
 from .data import DataSpec, Example, Rejects, iter_examples, tokenize_example
-from .feature_set import FeatureSet
+from .feature_set import Candidate, FeatureSet
 from .inputs import count_records, precision, source_fingerprint
 from .model import LoadedModel
 from .sae import SAE
 from .selection import make_score_table
 
 AGGREGATIONS = ("mean", "sum", "max")
+COMBINATIONS = ("mean", "sum", "zscore", "rank")
+POOL_COMBINATIONS = ("zscore", "rank")  # statistics of the whole pool, computed when the table is assembled
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,8 @@ class FeatureScorer:
                  use_chat_template: bool = True) -> None:
         if cfg.aggregation not in AGGREGATIONS:
             raise ValueError(f"score.aggregation must be one of {AGGREGATIONS}, got {cfg.aggregation!r}")
-        if cfg.combine not in ("mean", "sum"):
-            raise ValueError(f"score.combine must be 'mean' or 'sum', got {cfg.combine!r}")
+        if cfg.combine not in COMBINATIONS:
+            raise ValueError(f"score.combine must be one of {COMBINATIONS}, got {cfg.combine!r}")
         self.lm, self.saes, self.cfg, self.use_chat_template = lm, saes, cfg, use_chat_template
         self.features = features.validated_features
         if not self.features:
@@ -71,6 +80,7 @@ class FeatureScorer:
         self.columns = {L: [i for i, c in enumerate(self.features) if c.layer == L] for L in self.layers}
         self.ids = {L: [self.features[i].feature for i in cols] for L, cols in self.columns.items()}
         self.scale = np.array([(1.0 if c.scale is None else c.scale) if cfg.normalize else 1.0 for c in self.features])
+        self.weights = effect_weights(self.features) if cfg.combine in POOL_COMBINATIONS else None
 
     def tokenize(self, examples: Sequence[Example]) -> tuple[list[Any], int]:
         toks = [tokenize_example(self.lm.tokenizer, ex, self.cfg.max_length, self.use_chat_template)
@@ -145,7 +155,7 @@ class FeatureScorer:
         """A score table for ``examples`` (indices from ``start_index``), top windows, truncated count."""
         out = self.activations(examples)
         norm = out["acts"] / np.where(self.scale > 0, self.scale, 1.0)
-        score = norm.mean(axis=1) if self.cfg.combine == "mean" else norm.sum(axis=1)
+        score = combine_scores(norm, self.cfg.combine, self.weights)
         table = make_score_table([e.id for e in examples], score, out["n_tokens"],
                                  extra={f"f:{k}": norm[:, i] for i, k in enumerate(self.keys)},
                                  start_index=start_index)
@@ -154,6 +164,52 @@ class FeatureScorer:
             for value, neg_i, item in out["tops"][f]:
                 tops.setdefault(key, []).append({**item, "index": start_index - neg_i})
         return table, tops, out["n_truncated"]
+
+
+def effect_weights(features: Sequence[Candidate]) -> np.ndarray:
+    """Each feature's weight in the pool-wide combinations: its Stage 1b effect (``mean_delta``, the
+    loss drop when amplified) clipped at 0, or 1 when none is recorded (the filter was off);
+    normalised to sum 1. When every weight is 0 the features weigh the same (a warning says so)."""
+    raw = np.array([1.0 if c.effect is None or not math.isfinite(c.effect.mean_delta)
+                    else max(0.0, c.effect.mean_delta) for c in features])
+    if raw.sum() <= 0:
+        log.warning("no validated feature has a positive effect; combining them with equal weights")
+        raw = np.ones(len(features))
+    return raw / raw.sum()
+
+
+def percentiles(x: np.ndarray) -> np.ndarray:
+    """Percentile rank in [0, 1] of each value of ``x`` (ties share their average rank; one value: 0.5)."""
+    if len(x) < 2:
+        return np.full(len(x), 0.5)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts + 1) / 2  # 0-based rank of each distinct value, ties averaged
+    return average_rank[inverse.reshape(-1)] / (len(x) - 1)
+
+
+def combine_scores(norm: np.ndarray, how: str, weights: np.ndarray | None = None) -> np.ndarray:
+    """The Feature-Resonant Score of each row of ``norm`` (rows x validated features).
+
+    ``mean`` / ``sum``: of the row's features (unweighted, the paper's). ``zscore``: each
+    feature column standardised over the rows (a constant column is 0 everywhere); ``rank``:
+    each column's percentile rank over the rows; both then averaged with ``weights``
+    (:func:`effect_weights`; required for them). Both are statistics of the rows given, so
+    :meth:`ShardStore.assemble` computes them over the whole pool. ``normalize`` does not
+    change them (a positive per-feature scale leaves z-scores and ranks as they are)."""
+    if how == "mean":
+        return norm.mean(axis=1)
+    if how == "sum":
+        return norm.sum(axis=1)
+    if how == "zscore":
+        std = norm.std(axis=0)
+        columns = np.where(std > 0, (norm - norm.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
+    elif how == "rank":
+        columns = np.stack([percentiles(norm[:, f]) for f in range(norm.shape[1])], axis=1)
+    else:
+        raise ValueError(f"score.combine must be one of {COMBINATIONS}, got {how!r}")
+    if weights is None:
+        raise ValueError(f"score.combine={how} needs the features' weights (effect_weights)")
+    return columns @ weights
 
 
 def merge_tops(parts: Sequence[dict[str, list]], k: int) -> dict[str, list]:
@@ -297,10 +353,17 @@ class ShardStore:
             tops.append(extra["tops"])
             n_truncated += extra["n_truncated"]
         table = pa.concat_tables(tables)
+        validated = features.validated_features
+        meta: dict[str, Any] = {"method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
+                                "normalize": cfg.normalize, "features": [c.key for c in validated]}
+        if cfg.combine in POOL_COMBINATIONS:
+            weights = effect_weights(validated)
+            norm = np.stack([table.column(f"f:{c.key}").to_numpy().astype(np.float64) for c in validated], axis=1)
+            table = table.set_column(table.column_names.index("score"), "score",
+                                     pa.array(combine_scores(norm, cfg.combine, weights)))
+            meta["weights"] = {c.key: round(float(w), 6) for c, w in zip(validated, weights)}
         table = table.replace_schema_metadata({"igds": json.dumps({
-            "method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
-            "normalize": cfg.normalize, "features": [c.key for c in features.validated_features],
-            "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
+            **meta, "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
         merged = merge_tops(tops, cfg.top_examples)
         atomic_write_parquet(self.run_dir / "scores.parquet", table)
         atomic_write_json(self.run_dir / "top_examples.json", merged)

@@ -1,6 +1,6 @@
 """One forward pass, two representations: the mean residual and the mean SAE code of each example.
 
-``embed`` and ``mona`` read the same thing: the residual stream at the SAE's layer over
+``embed``, ``mona`` and ``igds_jaccard`` read the same thing: the residual stream at the SAE's layer over
 an example's counted tokens (:func:`igds.activations.count_mask`: never padding, the
 first token or special tokens; option ``positions`` all | prompt | response). Per
 length-sorted batch, :func:`iter_activation_batches` runs the stopped forward once and
@@ -10,12 +10,17 @@ their means. The pool is then streamed: only each row's two similarities are kep
 memory does not grow with ``pool x d_sae``. Rows (or task examples) with no counted
 token have no mean: NaN score (selected last), left out of the prototype.
 
-:func:`similarity_tables` returns both tables from that one pass and keeps them in
+:func:`similarities` computes the pool's similarities in that one pass and keeps them in
 ``ctx.shared``, so ``embed`` then ``mona`` on contexts sharing that dict cost one pass.
+Given per-feature ``weights`` it also takes the weighted generalised Jaccard
+(``igds_jaccard``, :mod:`igds.selectors.causal_jaccard`) in the same pass and keeps the
+result for ``embed`` and ``mona`` too; run after them, it needs a pass of its own (the
+pool's codes are never kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -78,45 +83,68 @@ class ExampleMeans:
             raise ValueError("no task example has a counted token: embed/mona have no target")
         return resid_total / n, code_total / n  # type: ignore[return-value]
 
-    def similarities(self, pool: Sequence[Example], centroid: torch.Tensor, prototype: torch.Tensor
-                     ) -> dict[str, np.ndarray]:
-        """Cosine to ``centroid`` and generalised Jaccard to ``prototype`` of every pool row."""
+    def similarities(self, pool: Sequence[Example], centroid: torch.Tensor, prototype: torch.Tensor,
+                     weights: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Cosine to ``centroid`` and generalised Jaccard to ``prototype`` of every pool row, and with
+        ``weights`` (d_sae,) also the weighted Jaccard ``sum_j w_j min / sum_j w_j max``."""
         n = len(pool)
         out = {"cosine": np.full(n, np.nan), "jaccard": np.full(n, np.nan), "n_tokens": np.zeros(n, np.int64)}
+        if weights is not None:
+            out["weighted_jaccard"] = np.full(n, np.nan)
         for idx, resid, code, count in self.batches(pool):
-            cos = torch.nn.functional.cosine_similarity(resid, centroid.unsqueeze(0), dim=-1)
-            # codes are non-negative (ReLU / TopK / JumpReLU), so sum(min) / sum(max) is in [0, 1]
-            both = torch.minimum(code, prototype).sum(-1)
-            either = torch.maximum(code, prototype).sum(-1)
-            jac = torch.where(either > 0, both / either.clamp_min(1e-30), torch.zeros_like(both))
             ok = (count > 0).cpu().numpy()
+            cos = torch.nn.functional.cosine_similarity(resid, centroid.unsqueeze(0), dim=-1)
             out["cosine"][idx] = np.where(ok, cos.double().cpu().numpy(), np.nan)
-            out["jaccard"][idx] = np.where(ok, jac.double().cpu().numpy(), np.nan)
+            out["jaccard"][idx] = np.where(ok, jaccard(code, prototype).double().cpu().numpy(), np.nan)
+            if weights is not None:
+                out["weighted_jaccard"][idx] = np.where(ok, jaccard(code, prototype, weights).double().cpu().numpy(),
+                                                        np.nan)
             out["n_tokens"][idx] = count.cpu().numpy()
         return out
 
 
-def similarity_tables(pool: Sequence[Example], ctx: SelectionContext, options: dict[str, Any]
-                      ) -> dict[str, pa.Table]:
-    """The ``embed`` and ``mona`` tables of ``pool`` from one forward pass (cached in ``ctx.shared``)."""
+def jaccard(codes: torch.Tensor, prototype: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Generalised Jaccard of each row of ``codes`` (B, d_sae) to ``prototype``, each feature weighted
+    by ``weights`` (non-negative; None: 1). Codes are non-negative (ReLU / TopK / JumpReLU), so
+    ``sum(w min) / sum(w max)`` is in [0, 1]; 0 when both are all zero."""
+    both, either = torch.minimum(codes, prototype), torch.maximum(codes, prototype)
+    if weights is not None:
+        both, either = both * weights, either * weights
+    both, either = both.sum(-1), either.sum(-1)
+    return torch.where(either > 0, both / either.clamp_min(1e-30), torch.zeros_like(both))
+
+
+def similarities(pool: Sequence[Example], ctx: SelectionContext, options: dict[str, Any],
+                 weights: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """:meth:`ExampleMeans.similarities` of ``pool`` to ``ctx.task`` and the tables' shared metadata,
+    from one pass over each (cached in ``ctx.shared``, the weighted pass for the unweighted too)."""
     if ctx.model is None or ctx.sae is None or not ctx.task:
-        raise ValueError("embed/mona need a model, an SAE and task examples in their context")
-    key = ("sae_means", id(ctx.model), id(ctx.sae), tuple(pool_ids(pool)), tuple(pool_ids(ctx.task)),
-           ctx.max_length, ctx.use_chat_template, tuple(sorted(options.items())))
+        raise ValueError("embed/mona/igds_jaccard need a model, an SAE and task examples in their context")
+    unweighted = ("sae_means", id(ctx.model), id(ctx.sae), tuple(pool_ids(pool)), tuple(pool_ids(ctx.task)),
+                  ctx.max_length, ctx.use_chat_template, tuple(sorted(options.items())))
+    key = unweighted if weights is None else \
+        unweighted + (hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float64)).hexdigest(),)
     if key in ctx.shared:
         return ctx.shared[key]
     means = ExampleMeans(ctx.model, ctx.sae, ctx.max_length, ctx.use_chat_template, **options)
     centroid, prototype = means.prototypes(ctx.task)
-    sim = means.similarities(pool, centroid, prototype)
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=prototype.device)
+    sim = means.similarities(pool, centroid, prototype, w)
     meta = {"model": ctx.model.name, "sae": ctx.sae.describe(), "layer": means.layer, "n_task": len(ctx.task),
             "max_length": ctx.max_length, **options}
+    ctx.shared[key] = ctx.shared[unweighted] = (sim, meta)
+    return sim, meta
+
+
+def similarity_tables(pool: Sequence[Example], ctx: SelectionContext, options: dict[str, Any]
+                      ) -> dict[str, pa.Table]:
+    """The ``embed`` and ``mona`` tables of ``pool`` from one forward pass (shared through ``ctx.shared``)."""
+    sim, meta = similarities(pool, ctx, options)
     ids = pool_ids(pool)
-    tables = {
+    return {
         "embed": make_score_table(ids, sim["cosine"], sim["n_tokens"], extra={"cosine": sim["cosine"]},
                                   meta={"method": "embed", "similarity": "cosine to the task centroid", **meta}),
         "mona": make_score_table(ids, sim["jaccard"], sim["n_tokens"], extra={"jaccard": sim["jaccard"]},
                                  meta={"method": "mona", "similarity": "generalised Jaccard to the task prototype",
                                        **meta}),
     }
-    ctx.shared[key] = tables
-    return tables
