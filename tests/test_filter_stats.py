@@ -203,3 +203,20 @@ def test_template_share_separates_template_and_content_detectors(tiny_lm):
     assert content.peak_template_share < 0.1 and content.peak_tokens[0][0] == "7"
     assert sum(n for _, n in content.peak_tokens) == 50  # the top 50 of its firing positions (there are more 7s)
     assert dead.peak_template_share is None and dead.peak_tokens is None
+
+
+def test_the_filter_hands_special_ids_and_the_norm_guard_to_every_edit(tiny_lm, monkeypatch):
+    """The edit itself spares them (test_intervention); here: the filter always asks it to."""
+    import igds.features as features
+
+    calls = []
+    real = features.edit_losses
+
+    def spy(*args, **kwargs):
+        calls.append(args[10:])  # special_ids, norm_guard
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "edit_losses", spy)
+    cands, cfg = _effects(tiny_lm, "central")
+    assert calls and all(list(c[0]) == tiny_lm.tokenizer.all_special_ids and c[1] == cfg.norm_guard == 10.0
+                         for c in calls)

@@ -29,9 +29,9 @@ effect, positive = amplifying the feature lowers the loss = it helps the task, i
 
 Which candidates are kept is decided by :mod:`igds.filter_stats` (one-sided t-test,
 Benjamini-Hochberg at ``q``, confirmation on a held-out half) in
-:func:`choose_validated`, strongest first, at most ``max_features``. When none passes,
+:func:`choose_validated`, smallest p first, at most ``max_features``. When none passes,
 ``on_empty`` either stops with :class:`NoFeaturesPassed` or keeps every candidate
-unvalidated by the filter ("recall only"); ``features.json`` records the outcome.
+without a causal check ("recall only", warned); ``features.json`` records the outcome.
 
 Each candidate also records where it fires most (:func:`peak_positions`): the share of
 its strongest probe positions that are template rather than content tokens
