@@ -201,7 +201,7 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
             "out": str(tmp_path / "run"), "model": {"name": str(tmp_path / "model")},
             "sae": {"paths": [str(tmp_path / "sae")]}, "reference": {"path": str(paths["ref"])},
             "task_data": {"path": str(paths["task"])}, "pool": {"path": str(paths["pool"])},
-            "recall": {"n_candidates": 4, "probe_size": 16}, "filter": {"validation_size": 6},
+            "recall": {"n_candidates": 4, "probe_size": 16}, "filter": {"validation_size": 6, "on_empty": "recall_only"},
             "score": {"shard_size": 8}},
         "eval": {"paths": [str(paths["eval"])], "options": {"progress": False}},
         "methods": ["igds", "igds_recall_only", "random"], "ratios": [0.5], "seeds": [0],

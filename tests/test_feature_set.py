@@ -78,3 +78,35 @@ def test_malformed_json_names_the_line(tmp_path):
     path.write_text('{"candidates": [\n  {"key": "L3/F1",\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"features\.json:3: malformed JSON"):
         FeatureSet.load(path)
+
+
+def test_the_filter_tests_and_peak_fields_round_trip(tmp_path):
+    """Files written since the BH filter carry p-values, the halves and where the feature fires; files
+    from before (FILE above) load without them."""
+    data = json.loads(json.dumps(FILE))
+    data["candidates"][0]["effect"].update(estimator="central", p_value=0.001, p_adjusted=0.02, half_a_mean=0.012,
+                                           half_b_mean=0.01, half_b_p=0.03, confirmed=True)
+    data["candidates"][0].update(peak_template_share=0.25, peak_tokens=[["7", 30], [" +", 20]])
+    # the outcome is the last info field, before the lists
+    data = {**{k: v for k, v in data.items() if k not in ("candidates", "validated", "warnings")},
+            "filter_outcome": "kept 1 of 2 candidates (BH q=0.1, confirmed on the held-out half)",
+            **{k: data[k] for k in ("candidates", "validated", "warnings")}}
+    src, out = tmp_path / "new.json", tmp_path / "again.json"
+    atomic_write_json(src, data)
+    fs = FeatureSet.load(src)
+    eff = fs.candidates[0].effect
+    assert (eff.p_adjusted, eff.confirmed, eff.estimator) == (0.02, True, "central")
+    assert fs.candidates[0].peak_template_share == 0.25 and fs.info.filter_outcome.startswith("kept 1")
+    fs.save(out)
+    assert out.read_bytes() == src.read_bytes()
+    old = FeatureSet.load(_write(tmp_path, FILE))
+    assert old.candidates[0].effect.p_adjusted is None and old.info.filter_outcome is None
+    data["candidates"][0]["effect"]["confirmed"] = "yes"
+    with pytest.raises(ValueError, match=r"effect: field 'confirmed': expected true or false"):
+        FeatureSet.load(_write(tmp_path, data))
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "features.json"
+    atomic_write_json(path, data)
+    return path

@@ -1,11 +1,12 @@
 import json
 
+import pytest
 import torch
 
 from igds.config import FilterConfig, RecallConfig
 from igds.feature_set import Candidate
-from igds.features import (FeatureSet, choose_validated, find_task_features, firing_stats, intervention_effects,
-                            recall_candidates)
+from igds.features import (FeatureSet, NoFeaturesPassed, choose_validated, find_task_features, firing_stats,
+                            intervention_effects, recall_candidates)
 
 from planted import blank_sae, example, plant_always_on, plant_detector, tokenized
 
@@ -48,39 +49,46 @@ def _steering_sae(lm, layer, token_id):
     return sae
 
 
-def test_filter_keeps_helpful_and_drops_harmful(tiny_lm):
+@pytest.mark.parametrize("estimator", ["central", "amplify"])
+def test_filter_keeps_helpful_and_drops_harmful(tiny_lm, estimator):
     layer = tiny_lm.n_layers - 1
     tok = tiny_lm.tokenizer
     answer = "zzzzzz"
     token_id = tok.convert_tokens_to_ids(tok.tokenize("z"))[0]
     sae = _steering_sae(tiny_lm, layer, token_id)
     val = tokenized(tiny_lm, [example(i, f"question number {i}", answer) for i in range(10)])
-    probe = tokenized(tiny_lm, [example(i, f"probe {i}", answer) for i in range(6)])
-    ref = tokenized(tiny_lm, [example(i, f"reference {i}", "fine") for i in range(6)])
     # The planted features fire everywhere, so recall would drop them; test the filter directly.
     cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in (0, 1)]
-    cfg = FilterConfig(alpha=3.0, fallback_top=0)
+    cfg = FilterConfig(alpha=3.0, estimator=estimator)
     intervention_effects(tiny_lm, {layer: sae}, cands, val, cfg)
     helpful, harmful = cands
     assert helpful.effect.mean_delta > 0 > harmful.effect.mean_delta
-    assert helpful.effect.n == 10 and len(helpful.effect.per_example) == 10
-    validated, warnings = choose_validated(cands, cfg)
-    assert validated == [f"L{layer}/F0"] and not warnings
+    assert helpful.effect.estimator == estimator and len(helpful.effect.per_example) == 10
+    assert helpful.effect.n == 5  # the estimate is the confirming half's
+    assert helpful.effect.confirmed and helpful.effect.p_adjusted < 0.01 and harmful.effect.p_value > 0.9
+    validated, warnings, outcome = choose_validated(cands, cfg)
+    assert validated == [f"L{layer}/F0"] and not warnings and outcome.startswith("kept 1 of 2")
     assert helpful.validated and not harmful.validated
-    del probe, ref
 
 
 def test_find_task_features_end_to_end_and_json_round_trip(tiny_lm, tmp_path):
     sae = _recall_sae(tiny_lm)
     task = tokenized(tiny_lm, [example(i, t, "answer 7") for i, t in enumerate(TASK)])
     ref = tokenized(tiny_lm, [example(i, t, "fine") for i, t in enumerate(REF)])
-    fs = find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3),
-                            FilterConfig(z=0.0, fallback_top=3), stats_path=tmp_path / "stats.parquet")
+    # no random-decoder feature lowers the loss by 10 nats: nothing passes, and recall_only keeps them all
+    filt = FilterConfig(min_delta=10.0, on_empty="recall_only")
+    fs = find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3), filt,
+                            stats_path=tmp_path / "stats.parquet")
     assert fs.candidates[0].key == "L1/F5"
-    assert all(c.effect is not None for c in fs.candidates)
-    assert fs.validated and all(c.scale > 0 for c in fs.validated_features)
+    assert all(c.effect is not None and c.effect.p_adjusted > filt.q for c in fs.candidates)
+    assert fs.info.filter_outcome == "none passed; kept recall-only candidates"
+    assert len(fs.warnings) == 1 and "filter.on_empty=recall_only" in fs.warnings[0]
+    assert fs.validated == [c.key for c in fs.candidates]
+    assert all(c.scale > 0 for c in fs.validated_features)
     assert all(c.promoted_tokens for c in fs.validated_features)
-    assert not any(c.promoted_tokens for c in fs.candidates if not c.validated)
+    # the "7" detector's peaks are the 7s of the questions and answers: content, not template
+    seven = fs.candidates[0]
+    assert seven.peak_tokens[0][0] == "7" and seven.peak_template_share < 0.1
     assert fs.info.probe.n_examples == 8 and fs.info.validation.n_examples == 4 and fs.info.layers == [1]
     fs.save(tmp_path / "features.json")
     again = FeatureSet.load(tmp_path / "features.json")
@@ -88,12 +96,26 @@ def test_find_task_features_end_to_end_and_json_round_trip(tiny_lm, tmp_path):
     # the file keeps its historical shape: info first, then per candidate its fields in this order
     raw = json.loads((tmp_path / "features.json").read_text())
     assert list(raw)[:3] == ["model", "saes", "layers"] and list(raw)[-3:] == ["candidates", "validated", "warnings"]
+    assert raw["filter_outcome"] == "none passed; kept recall-only candidates"
     assert list(raw["candidates"][0]) == ["key", "layer", "feature", "task_freq", "ref_freq", "task_example_freq",
                                           "task_mean_act", "ref_mean_act", "enrichment", "recall_score", "recall_rank",
-                                          "effect", "validated", "scale"] + (["promoted_tokens"] * raw["candidates"][0]["validated"])
+                                          "effect", "validated", "scale", "promoted_tokens", "peak_template_share",
+                                          "peak_tokens"]
+
+
+def test_on_empty_stop_is_one_clear_line(tiny_lm):
+    sae = _recall_sae(tiny_lm)
+    task = tokenized(tiny_lm, [example(i, t, "answer 7") for i, t in enumerate(TASK)])
+    ref = tokenized(tiny_lm, [example(i, t, "fine") for i, t in enumerate(REF)])
+    with pytest.raises(NoFeaturesPassed, match=r"none of 1 candidate features passed .*best BH-adjusted p "
+                                               r".*filter\.on_empty=recall_only") as err:
+        find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3),
+                           FilterConfig(min_delta=10.0))
+    assert isinstance(err.value, RuntimeError) and "\n" not in str(err.value)
 
 
 def test_filter_disabled_keeps_every_candidate():
     cands = [Candidate("L1/F1", 1, 1), Candidate("L1/F2", 1, 2)]
-    validated, _ = choose_validated(cands, FilterConfig(enabled=False))
+    validated, warnings, outcome = choose_validated(cands, FilterConfig(enabled=False))
     assert validated == ["L1/F1", "L1/F2"] and all(c.validated for c in cands)
+    assert outcome == "filter off: kept all 2 candidates (recall only)" and not warnings

@@ -86,21 +86,36 @@ class RecallConfig:
 
 @dataclass
 class FilterConfig:
-    """Stage 1b: interventional (causal) filtering (all defaults ours)."""
+    """Stage 1b: interventional (causal) filtering (all defaults ours; igds.features, igds.filter_stats)."""
 
     enabled: bool = True  # False = ablation "recall only": every candidate is kept
     validation_size: int = knob(32, ge=1)  # task examples (disjoint from the probe set)
-    # amplification factor: h' = h + (alpha - 1) f_j(h) W_dec[j]. On SmolLM2 + GSM8K, alpha=4
-    # raised the reference loss for 24 of 24 candidates; alpha=2 kept 5 (BENCHMARKS.md).
+    # per-example effect, positive = helps: central = [L(2 - alpha) - L(alpha)] / 2, a symmetric difference
+    # that cancels the loss's curvature (ours); amplify = L(1) - L(alpha), the paper's one-sided edit
+    estimator: Literal["central", "amplify"] = "central"
+    # the edit h' = h + (alpha - 1) f_j(h) W_dec[j]; central also edits at 2 - alpha (alpha=2: double vs remove).
+    # On SmolLM2 + GSM8K, amplify at alpha=4 raised the reference loss for 24 of 24 candidates (BENCHMARKS.md).
     alpha: float = 2.0
-    positions: Positions = "all"  # where the edit is applied (content: never special tokens)
-    z: float = knob(1.0, ge=0)  # keep if mean_delta - z * se > min_delta
-    min_delta: float = 0.0  # the smallest mean rise of the reference loss that counts
-    max_features: int | None = knob(32, ge=1)  # keep at most this many (largest lower bound first)
-    fallback_top: int = knob(5, ge=0)  # if none passes, keep this many with positive mean effect (warned)
-    features_per_forward: int = knob(8, ge=1, cache=False)  # features batched into one forward pass
+    positions: Positions = "all"  # where the edit is applied (never on special tokens)
+    # skip edit positions whose residual L2 norm exceeds this multiple of the example's median (attention
+    # sinks); None = off
+    norm_guard: float | None = knob(10.0, gt=1)
+    q: float = knob(0.1, gt=0, lt=1)  # Benjamini-Hochberg false discovery rate over the candidates
+    min_delta: float = 0.0  # the null of the one-sided test: keep only effects shown to exceed it
+    # select on a seeded half of the validation examples, confirm (one-sided p <= q) and estimate on the other
+    replication: bool = True
+    max_features: int | None = knob(32, ge=1)  # keep at most this many (smallest p first)
+    # when no candidate passes: stop with an error, or keep every candidate unfiltered (recorded and warned)
+    on_empty: Literal["stop", "recall_only"] = "stop"
+    features_per_forward: int = knob(8, ge=1, cache=False)  # edits batched into one forward pass
     random_candidates: bool = False  # ablation "no recall": random features go through the filter
     cached_prefix: bool = True  # re-run only the blocks above the SAE layer
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.alpha == 1:
+            yield "alpha", "alpha=1 leaves the model unchanged; give another factor (2 doubles the feature)"
+        if self.enabled and self.replication and self.validation_size < 4:
+            yield "validation_size", "replication splits the validation examples in two halves; give at least 4"
 
 
 @dataclass

@@ -77,20 +77,35 @@ def _to_dict(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 @dataclass
 class Effect:
-    """Stage 1b: the paired per-example change of the reference loss when the feature is amplified."""
+    """Stage 1b: the paired per-example effect of editing the feature on the reference loss, and its tests.
+
+    Positive = amplifying the feature lowers the loss (it helps). ``estimator`` says how the
+    per-example effect was measured (``igds.features``; files from before it was recorded
+    used ``amplify``). The test fields (``p_value`` onwards, ``igds.filter_stats``) are absent
+    in older files. With split-half replication, ``n``, ``mean_delta``, ``se`` and the CI are
+    half B's, the examples that did not select the feature."""
 
     metric: str  # "ref_loss"
     alpha: float  # the amplification factor
-    n: int  # validation examples with a finite delta
-    mean_delta: float  # mean of loss_base - loss_amplified (positive = helps)
+    n: int  # examples behind mean_delta (half B with replication), finite effects only
+    mean_delta: float  # mean per-example effect (positive = helps)
     se: float  # standard error of that mean; NaN when n < 2
-    ci_low: float
+    ci_low: float  # 95% interval of the mean (t-based; older files: mean -+ 1.96 se)
     ci_high: float
     base_loss: float | None = None  # mean unedited loss over the validation set
-    per_example: list[float] | None = None
+    per_example: list[float] | None = None  # the effect on every validation example with one
+    estimator: str | None = None  # "central": [L(2 - alpha) - L(alpha)] / 2; "amplify": L(1) - L(alpha)
+    p_value: float | None = None  # one-sided t-test, H1 mean > min_delta, on the selecting examples
+    p_adjusted: float | None = None  # Benjamini-Hochberg over all candidates
+    half_a_mean: float | None = None  # mean effect on the selecting half
+    half_b_mean: float | None = None  # ... and on the confirming half
+    half_b_p: float | None = None  # the one-sided p on the confirming half
+    confirmed: bool | None = None  # half_b_p <= q (absent without replication)
 
     KINDS = {"metric": "str", "alpha": "num", "n": "int", "mean_delta": "num", "se": "num", "ci_low": "num",
-             "ci_high": "num", "base_loss": "num", "per_example": "nums"}
+             "ci_high": "num", "base_loss": "num", "per_example": "nums", "estimator": "str", "p_value": "num",
+             "p_adjusted": "num", "half_a_mean": "num", "half_b_mean": "num", "half_b_p": "num",
+             "confirmed": "bool"}
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -126,11 +141,16 @@ class Candidate:
     validated: bool = False  # kept by the causal filter (or every candidate when the filter is off)
     scale: float | None = None  # Stage 2 divides by it: mean activation per counted task token
     promoted_tokens: list[list[Any]] | None = None  # [[token, logit], ...] by the logit lens
+    # share of its strongest probe activations (top 50) on template tokens (system prompt, chat template,
+    # prompt_template words) rather than the record's own text; ~1 = a template/format detector
+    peak_template_share: float | None = None
+    peak_tokens: list[list[Any]] | None = None  # [[token, count], ...] at those positions, most frequent first
 
     KINDS = {"key": "str", "layer": "int", "feature": "int", "task_freq": "num", "ref_freq": "num",
              "task_example_freq": "num", "task_mean_act": "num", "ref_mean_act": "num", "enrichment": "num",
              "recall_score": "num", "recall_rank": "int", "random_candidate": "bool", "effect": "dict",
-             "validated": "bool", "scale": "num", "promoted_tokens": "tokens"}
+             "validated": "bool", "scale": "num", "promoted_tokens": "tokens", "peak_template_share": "num",
+             "peak_tokens": "tokens"}
 
     def to_dict(self) -> dict[str, Any]:
         """The features.json object; ``random_candidate`` is written only when true, as it always was."""
@@ -184,10 +204,11 @@ class FeatureInfo:
     task_source: str | None = None
     reference_source: str | None = None
     rejects: list[dict[str, Any]] | None = None  # task/validation/reference records skipped under --skip-bad
+    filter_outcome: str | None = None  # what the causal filter kept, in words (absent in older files)
 
     KINDS = {"model": "str", "saes": "dicts", "layers": "ints", "probe": "dict", "reference": "dict",
              "validation": "dict", "recall": "dict", "filter": "dict", "cache_key": "str", "seconds": "num",
-             "task_source": "str", "reference_source": "str", "rejects": "dicts"}
+             "task_source": "str", "reference_source": "str", "rejects": "dicts", "filter_outcome": "str"}
     SAMPLES = ("probe", "reference", "validation")
 
     def to_dict(self) -> dict[str, Any]:

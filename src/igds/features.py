@@ -14,12 +14,28 @@ weighted by how strongly it fires (``a_task``, relative to the SAE's mean active
 value so that layers are comparable). Always-on features have ``p_task ~ p_ref`` and
 score ~0; rare features have small ``p_task`` and score little.
 
-**1b. Interventional filtering.** Each candidate is amplified (error-preserving edit,
-see :mod:`igds.intervention`) on held-out validation examples, and the teacher-forced
-loss of the reference answers is compared with the unedited model, example by
-example. ``delta = loss_base - loss_amplified`` (positive = helps). A candidate is
-kept when ``mean(delta) - z * se(delta) > min_delta`` (paired, over examples), the
-strongest ``max_features`` first. Every candidate's effect is recorded.
+**1b. Interventional filtering.** Each candidate is edited (error-preserving, see
+:mod:`igds.intervention`; never on special tokens nor, with ``norm_guard``, on
+residual-norm outliers) on held-out validation examples, and the teacher-forced loss
+``L_i`` of each example's reference answer is read under the edit. The per-example
+effect, positive = amplifying the feature lowers the loss = it helps the task, is
+
+* ``central`` (ours, the default): ``[L_i(2 - alpha) - L_i(alpha)] / 2``, a symmetric
+  difference (alpha=2: remove the feature vs double it). It estimates minus the
+  directional derivative of the loss along the feature, and the loss's curvature,
+  which makes almost every feature look harmful at a one-sided alpha=2, cancels
+  (method audit §3.5);
+* ``amplify`` (the paper's): ``L_i(1) - L_i(alpha)``.
+
+Which candidates are kept is decided by :mod:`igds.filter_stats` (one-sided t-test,
+Benjamini-Hochberg at ``q``, confirmation on a held-out half) in
+:func:`choose_validated`, smallest p first, at most ``max_features``. When none passes,
+``on_empty`` either stops with :class:`NoFeaturesPassed` or keeps every candidate
+without a causal check ("recall only", warned); ``features.json`` records the outcome.
+
+Each candidate also records where it fires most (:func:`peak_positions`): the share of
+its strongest probe positions that are template rather than content tokens
+(:mod:`igds.content`), and the tokens there.
 
 The result, a :class:`~igds.feature_set.FeatureSet` of typed candidates, and the schema
 of ``features.json`` live in :mod:`igds.feature_set`.
@@ -27,8 +43,8 @@ of ``features.json`` live in :mod:`igds.feature_set`.
 
 from __future__ import annotations
 
-import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,7 +59,8 @@ from .artifacts import atomic_write_parquet
 from .config import FilterConfig, RecallConfig
 from .data import TokenizedExample
 from .feature_set import Candidate, Effect, FeatureInfo, FeatureSet, SampleInfo, feature_key
-from .intervention import feature_effects
+from .filter_stats import judge
+from .intervention import edit_losses
 from .losses import target_mask
 from .model import LoadedModel, pad_id
 from .sae import SAE
@@ -145,76 +162,142 @@ def random_candidates(task: dict[int, FeatureStats], n: int, seed: int) -> list[
     return out
 
 
-def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
-                         validation: Sequence[TokenizedExample], cfg: FilterConfig,
-                         batch_tokens: int = 4096, batch_size: int = 16) -> None:
-    """Fill each candidate's ``effect`` with the per-example loss change under amplification."""
+class NoFeaturesPassed(RuntimeError):
+    """The causal filter kept no candidate and ``filter.on_empty`` is ``stop``."""
+
+
+def per_example_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
+                        validation: Sequence[TokenizedExample], cfg: FilterConfig, batch_tokens: int = 4096,
+                        batch_size: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each candidate's effect per validation example (``cfg.estimator``; positive = helps), and
+    the unedited losses. NaN where an example has no loss token."""
     fill = pad_id(lm.tokenizer)
+    special = list(getattr(lm.tokenizer, "all_special_ids", []) or [])
+    alphas = (cfg.alpha, 2.0 - cfg.alpha) if cfg.estimator == "central" else (cfg.alpha,)
     by_layer: dict[int, list[Candidate]] = {}
     for c in candidates:
         by_layer.setdefault(c.layer, []).append(c)
-    deltas = {c.key: np.full(len(validation), np.nan) for c in candidates}
+    effects = {c.key: np.full(len(validation), np.nan) for c in candidates}
     base_all = np.full(len(validation), np.nan)
     batches = length_batches([len(e.ids) for e in validation], batch_tokens, batch_size)
-    total = sum(len(b) for b in batches) * len(by_layer)
-    bar = tqdm(total=total, desc="causal filter", unit="ex", leave=False)
+    bar = tqdm(total=sum(len(b) for b in batches) * len(by_layer), desc="causal filter", unit="ex", leave=False)
     for layer, group in by_layer.items():
-        feats = [c.feature for c in group]
+        edits = [(c.feature, a) for c in group for a in alphas]  # per candidate: alpha, then 2 - alpha
         for idx in batches:
             exs = [validation[i] for i in idx]
             ids, mask = pad(exs, fill)
             tgt = target_mask(exs, ids.shape[1], "response")
             edit = count_mask(exs, ids.shape[1], cfg.positions)
-            base, amp = feature_effects(lm, saes[layer], layer, feats, ids, mask, tgt, edit, cfg.alpha,
-                                        cfg.features_per_forward, cfg.cached_prefix)
-            base_np, amp_np = base.cpu().numpy(), amp.cpu().numpy()
+            base, losses = edit_losses(lm, saes[layer], layer, edits, ids, mask, tgt, edit,
+                                       cfg.features_per_forward, cfg.cached_prefix, special, cfg.norm_guard)
+            base_np = base.cpu().numpy()
+            losses_np = losses.cpu().numpy().reshape(len(group), len(alphas), len(idx))
             base_all[idx] = base_np
             for k, c in enumerate(group):
-                deltas[c.key][idx] = base_np - amp_np[k]
+                amplified = losses_np[k, 0]
+                effects[c.key][idx] = (losses_np[k, 1] - amplified) / 2 if cfg.estimator == "central" \
+                    else base_np - amplified
             bar.update(len(idx))
     bar.close()
-    for c in candidates:
-        d = deltas[c.key]
-        d = d[~np.isnan(d)]
-        n = len(d)
-        mean = float(d.mean()) if n else float("nan")
-        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        c.effect = Effect("ref_loss", cfg.alpha, n, mean, se, mean - 1.96 * se, mean + 1.96 * se,
-                          base_loss=float(np.nanmean(base_all)), per_example=[round(float(x), 6) for x in d])
+    return effects, base_all
 
 
-def choose_validated(candidates: list[Candidate], cfg: FilterConfig) -> tuple[list[str], list[str]]:
-    """Apply the keep rule; returns (validated keys, warnings)."""
-    warnings: list[str] = []
+def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
+                         validation: Sequence[TokenizedExample], cfg: FilterConfig, seed: int = 0,
+                         batch_tokens: int = 4096, batch_size: int = 16) -> None:
+    """Fill each candidate's ``effect``: the per-example effects and their tests (:func:`igds.filter_stats.judge`,
+    halves split by ``seed``)."""
+    effects, base = per_example_effects(lm, saes, candidates, validation, cfg, batch_tokens, batch_size)
+    verdicts = judge([effects[c.key] for c in candidates], cfg.q, cfg.min_delta, cfg.replication, seed)
+    base_loss = float(np.nanmean(base)) if np.isfinite(base).any() else None
+    for c, v in zip(candidates, verdicts):
+        d = effects[c.key]
+        e = v.estimate
+        c.effect = Effect("ref_loss", cfg.alpha, e.n, e.mean, e.se, e.ci_low, e.ci_high, base_loss=base_loss,
+                          per_example=[round(float(x), 6) for x in d[~np.isnan(d)]], estimator=cfg.estimator,
+                          p_value=v.p_value, p_adjusted=v.p_adjusted, half_a_mean=v.half_a_mean,
+                          half_b_mean=v.half_b_mean, half_b_p=v.half_b_p, confirmed=v.confirmed)
+
+
+def passes(effect: Effect, q: float) -> bool:
+    """The keep rule on a tested effect: BH-adjusted p <= q, and confirmed on half B when split."""
+    return effect.p_adjusted is not None and effect.p_adjusted <= q and effect.confirmed is not False
+
+
+def choose_validated(candidates: list[Candidate], cfg: FilterConfig) -> tuple[list[str], list[str], str]:
+    """Apply the keep rule; returns (validated keys, warnings, the outcome in words)."""
     if not cfg.enabled:
         for c in candidates:
             c.validated = True
-        return [c.key for c in candidates], warnings
-
-    def effect(c: Candidate) -> Effect:
-        assert c.effect is not None, "intervention_effects runs before the keep rule"
-        return c.effect
-
-    def lower(c: Candidate) -> float:
-        e = effect(c)
-        return e.mean_delta - cfg.z * (e.se if not math.isnan(e.se) else 0.0)
-
-    passing = sorted((c for c in candidates if lower(c) > cfg.min_delta), key=lambda c: (-lower(c), c.key))
+        return [c.key for c in candidates], [], f"filter off: kept all {len(candidates)} candidates (recall only)"
+    effects = {c.key: c.effect for c in candidates if c.effect is not None}
+    if len(effects) < len(candidates):
+        raise ValueError("choose_validated needs every candidate's effect: run intervention_effects first")
+    passing = sorted((c for c in candidates if passes(effects[c.key], cfg.q)),
+                     key=lambda c: (effects[c.key].p_value, c.key))
     if cfg.max_features is not None:
         passing = passing[: cfg.max_features]
-    if not passing and cfg.fallback_top > 0:
-        positive = sorted((c for c in candidates if effect(c).mean_delta > 0),
-                          key=lambda c: (-effect(c).mean_delta, c.key))
-        passing = positive[: cfg.fallback_top]
-        warnings.append(f"no candidate passed mean - {cfg.z}*se > {cfg.min_delta}; kept the {len(passing)} "
-                        "with the largest positive mean effect instead")
-    if not passing:
-        raise RuntimeError("no candidate feature improves the task when amplified; try more probe/validation "
-                           "examples, another layer or SAE, a different alpha, or filter.enabled=false")
-    keep = {c.key for c in passing}
+    if passing:
+        keep = {c.key for c in passing}
+        for c in candidates:
+            c.validated = c.key in keep
+        how = "confirmed on the held-out half" if cfg.replication else "no replication"
+        return [c.key for c in passing], [], f"kept {len(passing)} of {len(candidates)} candidates " \
+                                             f"(BH q={cfg.q}, {how})"
+    adjusted = [e.p_adjusted for e in effects.values() if e.p_adjusted is not None]
+    best = min(adjusted) if adjusted else float("nan")
+    selected = sum(1 for e in effects.values() if e.p_adjusted is not None and e.p_adjusted <= cfg.q)
+    why = f"{selected} selected on half A, none confirmed on half B; " if selected else ""
+    if cfg.on_empty == "stop":
+        raise NoFeaturesPassed(
+            f"causal filter: none of {len(candidates)} candidate features passed ({why}best BH-adjusted p "
+            f"{best:.3g}, filter.q={cfg.q}); set filter.on_empty=recall_only to keep every candidate unfiltered, "
+            "or use more validation examples (filter.validation_size)")
     for c in candidates:
-        c.validated = c.key in keep
-    return [c.key for c in passing], warnings
+        c.validated = True
+    outcome = "none passed; kept recall-only candidates"
+    warning = (f"causal filter: none of {len(candidates)} candidates passed ({why}best BH-adjusted p {best:.3g}, "
+               f"q={cfg.q}); kept all of them unfiltered (filter.on_empty=recall_only)")
+    return [c.key for c in candidates], [warning], outcome
+
+
+@torch.no_grad()
+def peak_positions(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
+                   probe: Sequence[TokenizedExample], k: int = 50, n_tokens: int = 10) -> None:
+    """Fill each candidate's ``peak_template_share`` and ``peak_tokens`` from its ``k`` strongest
+    activations over the probe (every non-special token but the first).
+
+    The share counts the peaks that are not content (:mod:`igds.content`: system prompt,
+    chat template, a prompt_template's words) among those whose example knows its content;
+    None when none does or the feature never fires."""
+    by_layer: dict[int, list[Candidate]] = {}
+    for c in candidates:
+        by_layer.setdefault(c.layer, []).append(c)
+    # per candidate: (activation, token id, content flag: 1 content, 0 template, -1 unknown) of its best positions
+    best = {c.key: np.zeros((0, 3)) for c in candidates}
+    for batch in iter_activation_batches(lm, probe, list(by_layer), "all"):
+        exs = [probe[i] for i in batch.indices]
+        width = batch.input_ids.shape[1]
+        content = torch.tensor([(list(map(int, e.content)) if e.content is not None else [-1] * len(e.ids))
+                                + [-1] * (width - len(e.ids)) for e in exs])
+        for layer, group in by_layer.items():
+            acts = saes[layer].encode(batch.resid[layer], [c.feature for c in group])
+            acts = (acts * batch.counted.unsqueeze(-1)).float().cpu()
+            for f, c in enumerate(group):
+                vals = acts[..., f].flatten()
+                top = vals.topk(min(k, vals.numel()))
+                fired = top.values > 0
+                pos = top.indices[fired]
+                rows = np.stack([top.values[fired].numpy(), batch.input_ids.flatten()[pos].numpy(),
+                                 content.flatten()[pos].numpy()], axis=1)
+                merged = np.concatenate([best[c.key], rows])
+                best[c.key] = merged[np.argsort(-merged[:, 0], kind="stable")[:k]]
+    for c in candidates:
+        peaks = best[c.key]
+        known = peaks[peaks[:, 2] >= 0]
+        c.peak_template_share = round(float((known[:, 2] == 0).mean()), 4) if len(known) else None
+        counts = Counter(int(t) for t in peaks[:, 1])
+        c.peak_tokens = [[lm.tokenizer.decode([t]), n] for t, n in counts.most_common(n_tokens)] or None
 
 
 def promoted_tokens(lm: LoadedModel, sae: SAE, feature: int, k: int = 10) -> list[list[Any]]:
@@ -245,8 +328,9 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
                            f"{recall.min_example_freq:.0%} of task examples more often than on the reference; "
                            "lower recall.min_example_freq or use more probe examples")
     if filt.enabled:
-        intervention_effects(lm, saes, candidates, validation, filt)
-    validated, warnings = choose_validated(candidates, filt)
+        intervention_effects(lm, saes, candidates, validation, filt, seed)
+    validated, warnings, outcome = choose_validated(candidates, filt)
+    peak_positions(lm, saes, candidates, probe)
     for c in candidates:
         t = task_stats[c.layer]
         # per-feature scale used to normalise scores: mean activation per counted task token
@@ -262,5 +346,6 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
         validation=SampleInfo(len(validation)),
         recall=asdict(recall),
         filter=asdict(filt),
+        filter_outcome=outcome,
     )
     return FeatureSet(candidates, validated, info, warnings)

@@ -106,6 +106,13 @@ def _layer_plot(plt: Any, cands: list[Candidate], validated: set[str]) -> str:
     return img(fig, "number of candidate and validated features per layer")
 
 
+def _confirmed(eff: Effect | None) -> str:
+    """Half B's verdict: yes / no, or — without a split (or in an older features.json)."""
+    if eff is None or eff.confirmed is None:
+        return "—"
+    return "yes" if eff.confirmed else "no"
+
+
 def section_features(d: RunData) -> str:
     """``#features``: every recalled candidate with its recall and intervention statistics, and plots."""
     if d.features is None:
@@ -119,8 +126,11 @@ def section_features(d: RunData) -> str:
         return na("<code>features.json</code> lists no candidates.") + scatter
     head = ("<tr><th>feature</th><th>layer</th><th title='fraction of task-probe tokens where it fires'>task freq</th>"
             "<th title='fraction of reference tokens where it fires'>ref freq</th><th>enrichment</th>"
-            "<th>task act</th><th>rank</th><th title='base − amplified loss; > 0 helps'>mean Δ</th>"
-            "<th>± se</th><th>95% CI</th><th>n</th><th>status</th><th>link</th></tr>")
+            "<th>task act</th><th>rank</th><th title='effect on the reference loss; > 0 helps'>mean Δ</th>"
+            "<th>± se</th><th>95% CI</th><th>n</th><th title='Benjamini-Hochberg adjusted p'>BH p</th>"
+            "<th title='confirmed on the held-out half of the validation set'>half B</th>"
+            "<th title='share of its 50 strongest probe positions on template, not content, tokens'>template</th>"
+            "<th>status</th><th>link</th></tr>")
     body = []
     for c in cands:
         eff = c.effect
@@ -134,7 +144,9 @@ def section_features(d: RunData) -> str:
                     f"{td(c.task_freq, '.3f')}{td(c.ref_freq, '.3f')}{td(c.enrichment, '.2f')}"
                     f"{td(c.task_mean_act, '.3g')}{td(c.recall_rank, 'd')}"
                     f"{td(eff and eff.mean_delta, '+.3g')}{td(eff and eff.se, '.2g')}"
-                    f"<td class='num'>{ci}</td>{td(eff and eff.n, 'd')}{status}<td>{np_link(f, c)}</td></tr>")
+                    f"<td class='num'>{ci}</td>{td(eff and eff.n, 'd')}{td(eff and eff.p_adjusted, '.2g')}"
+                    f"<td>{_confirmed(eff)}</td>{td(c.peak_template_share, '.0%')}{status}"
+                    f"<td>{np_link(f, c)}</td></tr>")
     table = (f'<div class="scroll"><table class="sortable" id="candidates-table"><thead>{head}</thead>'
              f'<tbody>{"".join(body)}</tbody></table></div>')
     cfg_bits = []
@@ -145,8 +157,10 @@ def section_features(d: RunData) -> str:
     tested = any(c.effect is not None for c in cands)
     how = ("kept after amplification changed the task metric for the better" if tested else
            "kept without an interventional test (the causal filter was off)")
+    outcome = f" Filter: {esc(f.info.filter_outcome)}." if f.info.filter_outcome else ""
     intro = (f"<p>{len(cands)} feature{'s' if len(cands) != 1 else ''} recalled by frequency on the task probe vs "
-             f"the reference text; <strong>{len(validated)}</strong> {how}. Click a column header to sort.</p>")
+             f"the reference text; <strong>{len(validated)}</strong> {how}.{outcome} "
+             "Click a column header to sort.</p>")
     if plt is None:
         plots = NO_MATPLOTLIB
     else:
