@@ -76,7 +76,9 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
     if method == "igds_recall_only":
         filt.enabled = False
     elif method == "igds_random_candidates":
-        filt.random_candidates = True
+        # random features rarely pass BH: the ablation then scores with its random candidates unfiltered
+        # (features.json's filter_outcome says so) rather than stopping the whole experiment
+        filt.random_candidates, filt.on_empty = True, "recall_only"
     return replace(ig, task_data=data.get("task_data", ig.task_data), validation=data.get("validation", ig.validation),
                    pool=data.get("pool", ig.pool), filter=filt, select=replace(ig.select, ratio=max(cfg.ratios)),
                    report=False, out=str(method_dir(Path(ig.out), method)))

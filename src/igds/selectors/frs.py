@@ -82,7 +82,8 @@ class IGDSRecallOnly(IGDSSelector):
 class IGDSRandomCandidates(IGDSSelector):
     """Ablation: random features go through the causal filter instead of the recalled ones."""
 
-    filter_overrides = {"random_candidates": True}
+    # random features rarely pass BH: then score with them unfiltered (features.json says so), not stop
+    filter_overrides = {"random_candidates": True, "on_empty": "recall_only"}
 
 
 class IGDSDerived(IGDSSelector):
