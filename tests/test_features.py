@@ -119,3 +119,34 @@ def test_filter_disabled_keeps_every_candidate():
     validated, warnings, outcome = choose_validated(cands, FilterConfig(enabled=False))
     assert validated == ["L1/F1", "L1/F2"] and all(c.validated for c in cands)
     assert outcome == "filter off: kept all 2 candidates (recall only)" and not warnings
+
+
+def test_attribution_recall_ranks_the_helpful_detector_first_and_drops_the_harmful(tiny_lm):
+    """Two detectors fire on the same "7"s; the harmful one fires three times harder, so the frequency
+    rule ranks it first. Ranked by attribution, the one whose decoder writes the next token ("z") leads
+    and the one that writes against it is not a candidate at all."""
+    layer = tiny_lm.n_layers - 1
+    tok = tiny_lm.tokenizer
+    task_texts = [f"compute 7{i} plus 7{i + 3}" for i in range(12)]
+    sae = blank_sae(tiny_lm, layer, d_sae=8)
+    for j in (5, 6):
+        plant_detector(tiny_lm, sae, j, layer, [t + " 7z7z7z7z" for t in task_texts], REF, "7")
+    z = torch.nn.functional.normalize(
+        tiny_lm.model.get_output_embeddings().weight.detach()[tok.convert_tokens_to_ids(tok.tokenize("z"))[0]], dim=0)
+    with torch.no_grad():
+        sae.W_enc[:, 6] *= 3
+        sae.b_enc[6] *= 3
+        sae.W_dec[5], sae.W_dec[6] = 3 * z, -3 * z
+    probe = tokenized(tiny_lm, [example(i, t, "7z7z7z7z") for i, t in enumerate(task_texts)])
+    ref = tokenized(tiny_lm, [example(i, t, "ok") for i, t in enumerate(REF)])
+    saes = {layer: sae}
+    t_stats, r_stats = firing_stats(tiny_lm, saes, probe), firing_stats(tiny_lm, saes, ref)
+    by_frequency, _ = recall_candidates(t_stats, r_stats, RecallConfig(n_candidates=4))
+    assert [c.key for c in by_frequency][:2] == [f"L{layer}/F6", f"L{layer}/F5"]
+    fs = find_task_features(tiny_lm, saes, probe, ref, probe[:4], RecallConfig(n_candidates=4, method="attribution"),
+                            FilterConfig(enabled=False))
+    keys = [c.key for c in fs.candidates]
+    assert keys[0] == f"L{layer}/F5" and f"L{layer}/F6" not in keys
+    assert fs.candidates[0].attribution_t > 2
+    assert FeatureSet.from_dict(json.loads(json.dumps(fs.to_dict()))).candidates[0].attribution_t == \
+        fs.candidates[0].attribution_t

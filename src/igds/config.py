@@ -78,6 +78,11 @@ class RecallConfig:
     probe_size: int = knob(256, ge=1)  # task examples used to measure firing statistics
     reference_size: int = knob(256, ge=1)  # generic examples for the contrast
     positions: Positions = "all"  # which tokens count: all | prompt | response | content
+    # How eligible features (firing on the task more than on the reference) are ranked: "frequency" = the
+    # recall score below (the paper's contrast); "attribution" (ours) = the t-statistic of their gradient
+    # attribution on the probe set (igds.attribution: first-order effect of amplifying them on the task's
+    # loss, every feature in one backward pass), so the causal filter confirms features already likely causal.
+    method: Literal["frequency", "attribution"] = "frequency"
     n_candidates: int = knob(32, ge=1)  # candidates passed to the causal filter (each costs V edited forwards)
     min_example_freq: float = knob(0.25, ge=0, le=1)  # must fire in at least this share of task examples
     min_task_freq: float = knob(0.005, ge=0, le=1)  # ... and on at least this share of task tokens

@@ -136,6 +136,8 @@ class Candidate:
     enrichment: float | None = None  # ln((task_freq + eps) / (ref_freq + eps))
     recall_score: float | None = None  # task_freq * enrichment * task_mean_act / mean active value of the SAE
     recall_rank: int | None = None  # 1 = best
+    # recall.method attribution: mean / se of the feature's gradient attribution over the probe set (> 0 = helps)
+    attribution_t: float | None = None
     random_candidate: bool = False  # picked at random by the "no recall" ablation
     effect: Effect | None = None
     validated: bool = False  # kept by the causal filter (or every candidate when the filter is off)
@@ -148,6 +150,7 @@ class Candidate:
 
     KINDS = {"key": "str", "layer": "int", "feature": "int", "task_freq": "num", "ref_freq": "num",
              "task_example_freq": "num", "task_mean_act": "num", "ref_mean_act": "num", "enrichment": "num",
+             "attribution_t": "num",
              "recall_score": "num", "recall_rank": "int", "random_candidate": "bool", "effect": "dict",
              "validated": "bool", "scale": "num", "promoted_tokens": "tokens", "peak_template_share": "num",
              "peak_tokens": "tokens"}

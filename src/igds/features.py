@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from .activations import count_mask, iter_activation_batches, length_batches, pad
 from .artifacts import atomic_write_parquet
+from .attribution import attribution_screen
 from .config import FilterConfig, RecallConfig
 from .data import TokenizedExample
 from .feature_set import Candidate, Effect, FeatureInfo, FeatureSet, SampleInfo, feature_key
@@ -113,12 +114,16 @@ def firing_stats(lm: LoadedModel, saes: dict[int, SAE], examples: Sequence[Token
 
 
 def recall_candidates(task: dict[int, FeatureStats], ref: dict[int, FeatureStats], cfg: RecallConfig,
-                      ) -> tuple[list[Candidate], pa.Table]:
-    """Rank features by the recall rule; return the top candidates and a table of all features."""
+                      attribution_t: dict[int, np.ndarray] | None = None) -> tuple[list[Candidate], pa.Table]:
+    """Rank features by the recall rule; return the top candidates and a table of all features.
+
+    With ``attribution_t`` (per layer, each feature's attribution t-statistic on the probe
+    set: ``recall.method: attribution``) the eligible features that help (t > 0) are ranked
+    by it instead of by the recall score."""
     rows: list[Candidate] = []
     columns: dict[str, list[Any]] = {k: [] for k in ("layer", "feature", "task_freq", "ref_freq",
                                                        "task_example_freq", "task_mean_act", "ref_mean_act",
-                                                       "enrichment", "recall_score")}
+                                                       "enrichment", "recall_score", "attribution_t")}
     for layer, t in task.items():
         r = ref[layer]
         p_t, p_r = t.freq, r.freq
@@ -128,19 +133,25 @@ def recall_candidates(task: dict[int, FeatureStats], ref: dict[int, FeatureStats
         enrich = np.log((p_t + cfg.epsilon) / (p_r + cfg.epsilon))
         score = p_t * enrich * (a_t / mean_a)
         eligible = (t.example_freq >= cfg.min_example_freq) & (p_t >= cfg.min_task_freq) & (enrich > 0)
+        attr = attribution_t[layer] if attribution_t is not None else np.full(len(p_t), np.nan)
+        if attribution_t is not None:
+            eligible &= attr > 0
         score = np.where(eligible, score, -np.inf)
         for name, values in (("layer", np.full(len(p_t), layer)), ("feature", np.arange(len(p_t))),
                              ("task_freq", p_t), ("ref_freq", p_r), ("task_example_freq", t.example_freq),
                              ("task_mean_act", a_t), ("ref_mean_act", r.mean_active),
-                             ("enrichment", enrich), ("recall_score", np.where(eligible, score, np.nan))):
+                             ("enrichment", enrich), ("recall_score", np.where(eligible, score, np.nan)),
+                             ("attribution_t", attr)):
             columns[name].extend(values.tolist())
         for j in np.flatnonzero(eligible):
             rows.append(Candidate(feature_key(layer, int(j)), layer, int(j),
                                   task_freq=float(p_t[j]), ref_freq=float(p_r[j]),
                                   task_example_freq=float(t.example_freq[j]),
                                   task_mean_act=float(a_t[j]), ref_mean_act=float(r.mean_active[j]),
-                                  enrichment=float(enrich[j]), recall_score=float(score[j])))
-    rows.sort(key=lambda c: (-c.recall_score, c.layer, c.feature))
+                                  enrichment=float(enrich[j]), recall_score=float(score[j]),
+                                  attribution_t=None if attribution_t is None else float(attr[j])))
+    rank_by = (lambda c: -c.attribution_t) if attribution_t is not None else (lambda c: -c.recall_score)
+    rows.sort(key=lambda c: (rank_by(c), c.layer, c.feature))
     rows = rows[: cfg.n_candidates]
     for rank, row in enumerate(rows, start=1):
         row.recall_rank = rank
@@ -319,13 +330,17 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
     """Stage 1: recall candidates, filter them causally, return a :class:`FeatureSet`."""
     task_stats = firing_stats(lm, saes, probe, recall.positions, desc="recall: task")
     ref_stats = firing_stats(lm, saes, reference, recall.positions, desc="recall: reference")
-    ranked, table = recall_candidates(task_stats, ref_stats, recall)
+    attribution = None
+    if recall.method == "attribution" and not filt.random_candidates:
+        attribution = {L: attribution_screen(lm, sae, L, probe, positions=recall.positions).t for L, sae in saes.items()}
+    ranked, table = recall_candidates(task_stats, ref_stats, recall, attribution)
     if stats_path is not None:
         atomic_write_parquet(stats_path, table)
     candidates = random_candidates(task_stats, recall.n_candidates, seed) if filt.random_candidates else ranked
     if not candidates:
-        raise RuntimeError("frequency recall found no candidate features: no feature fires on at least "
-                           f"{recall.min_example_freq:.0%} of task examples more often than on the reference; "
+        raise RuntimeError("recall found no candidate features: no feature fires on at least "
+                           f"{recall.min_example_freq:.0%} of task examples more often than on the reference"
+                           f"{' with a positive attribution' if attribution is not None else ''}; "
                            "lower recall.min_example_freq or use more probe examples")
     if filt.enabled:
         intervention_effects(lm, saes, candidates, validation, filt, seed)
