@@ -89,3 +89,29 @@ def test_float_knobs_take_short_exponents(raw):
     assert cfg.lr == 0.001
     with pytest.raises(ConfigError, match="lr: expected a number, got 'fast'"):
         load_config(None, {"lr": "fast"}, cls=TrainSAEConfig)
+
+
+def test_preset_paper_goes_under_the_users_file_and_flags(tmp_path):
+    from igds.config import PRESETS, ExperimentConfig, load_config
+    from igds.experiment.runner import method_dir, run_config
+
+    plain = load_config(None)
+    assert plain.filter.estimator == "central" and plain.preset is None
+    paper = load_config(None, ["preset=paper"])
+    assert paper.filter.estimator == "amplify" and paper.recall.method == "frequency"
+    assert all(getattr(getattr(paper, k.split(".")[0]), k.split(".")[1]) == v for k, v in PRESETS["paper"].items())
+    # the user's own value wins over the preset, from a flag or from the file
+    assert load_config(None, ["preset=paper", "filter.estimator=central"]).filter.estimator == "central"
+    yml = tmp_path / "run.yaml"
+    yml.write_text("preset: paper\nscore:\n  positions: content\n")
+    from_file = load_config(yml)
+    assert from_file.score.positions == "content" and from_file.filter.estimator == "amplify"
+    with pytest.raises(ConfigError, match="unknown preset 'papr'"):
+        load_config(None, ["preset=papr"])
+    # in an experiment: igds.preset applies to the igds section; the igds_paper arm puts it on a copy
+    exp = load_config(None, {"igds.preset": "paper"}, cls=ExperimentConfig, rules=False)
+    assert exp.igds.filter.estimator == "amplify"
+    exp = load_config(None, None, cls=ExperimentConfig, rules=False)
+    arm = run_config(exp, "igds_paper")
+    assert arm.filter.estimator == "amplify" and arm.preset == "paper" and exp.igds.filter.estimator == "central"
+    assert method_dir(tmp_path, "igds_paper") == tmp_path / "ablations" / "igds_paper"

@@ -19,6 +19,7 @@ igds defaults, chosen for the reasons given, and every one can be changed.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,19 @@ from .config_tools import (ConfigError, cache_view, check, dump_config, field_he
 # The derived arms re-read igds's own score table (no second Stage 1): igds_low takes the lowest
 # scores first (the direction check), igds_quota / igds_coverage its select modes quota / coverage.
 IGDS_DERIVED = ("igds_low", "igds_quota", "igds_coverage")
-IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates", *IGDS_DERIVED)
+IGDS_METHODS = ("igds", "igds_recall_only", "igds_random_candidates", "igds_paper", *IGDS_DERIVED)
+
+# Named bundles of settings (`igds run --preset NAME`, `preset: NAME` in a YAML), applied under the user's
+# own file and flags. The experiment arm `igds_paper` is the igds section with the "paper" preset on top.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's method as far as its abstract and summaries tell (its hyperparameters are unknown):
+    # every token position, the frequency contrast for recall, the one-sided amplification edit as the
+    # causal test, the plain mean of the validated features' resonance, top-k.
+    "paper": {"recall.positions": "all", "recall.method": "frequency",
+              "filter.positions": "all", "filter.estimator": "amplify",
+              "score.positions": "all", "score.aggregation": "mean", "score.combine": "mean",
+              "select.mode": "top"},
+}
 DATA_SECTIONS = ("pool", "task_data", "validation")
 
 # Which tokens count (igds.activations.count_mask): all | prompt | response | content. `content` is the
@@ -186,6 +199,14 @@ class RunConfig:
     skip_bad: bool = False  # write bad input rows to RUN_DIR/rejects.jsonl instead of stopping
     report: bool = True  # write RUN_DIR/report.html at the end
     out: str = "runs/igds"  # the run directory (re-running into it resumes)
+    preset: str | None = None  # a named bundle of settings (PRESETS: "paper"), under your own file and flags
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.preset is not None and self.preset not in PRESETS:
+            yield "preset", f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}"
+
+    def preset_layers(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(self.preset, "", PRESETS[self.preset])] if self.preset in PRESETS else []
 
     RENAMED = {"task": "task_data"}  # run directories written before the rename
 
@@ -311,6 +332,9 @@ class ExperimentConfig:
                                           "filter", "score", "use_chat_template", "skip_bad", "report", "out")},
              "igds_seed": "igds.seed"}
 
+    def preset_layers(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(p, "igds.", PRESETS[p]) for p in (self.igds.preset,) if p in PRESETS]
+
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.methods:
             yield "methods", "give at least one method"
@@ -403,3 +427,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides, every value checked before
     any work starts (:class:`ConfigError`, one line naming the file and the key)."""
     return load(cls, path, overrides, rules)
+
+
+def with_preset(cfg: RunConfig, name: str) -> RunConfig:
+    """A copy of ``cfg`` with preset ``name``'s settings on top (the experiment arm ``igds_paper``)."""
+    out = copy.deepcopy(cfg)
+    for key, value in PRESETS[name].items():
+        set_key(out, key, value, f"preset {name!r}")
+    out.preset = name
+    return out

@@ -259,15 +259,30 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | dict[
          rules: bool = True) -> Any:
     """Defaults <- YAML file <- overrides, then :func:`check`: a bad value fails here, before any work.
     ``rules=False`` skips the cross-field rules (what ``igds config show`` prints may be incomplete)."""
-    cfg = cls()
-    origins: dict[str, str] = {}
-    if path is not None:
-        _apply(cfg, read_yaml(path), "", str(path), origins)
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
-    for key, value in items:
-        set_key(cfg, key, value, "command line", origins)
+    data = read_yaml(path) if path is not None else None
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    cfg, origins = _layered(cls, path, data, items, [])
+    # a preset named in the file or the flags goes under both: load again with it first
+    layers = cfg.preset_layers() if hasattr(cfg, "preset_layers") else []
+    if layers:
+        cfg, origins = _layered(cls, path, data, items, layers)
     check(cfg, origins, rules=rules)
     return cfg
+
+
+def _layered(cls: type, path: Any, data: Any, items: list[tuple[str, Any]], presets: list[tuple[str, str, dict[str, Any]]]
+             ) -> tuple[Any, dict[str, str]]:
+    """Defaults <- presets ``(name, key prefix, {dotted key: value})`` <- YAML data <- overrides."""
+    cfg = cls()
+    origins: dict[str, str] = {}
+    for name, prefix, values in presets:
+        for key, value in values.items():
+            set_key(cfg, prefix + key, value, f"preset {name!r}", origins)
+    if data is not None:
+        _apply(cfg, data, "", str(path), origins)
+    for key, value in items:
+        set_key(cfg, key, value, "command line", origins)
+    return cfg, origins
 
 
 def dump_config(cfg: Any) -> str:

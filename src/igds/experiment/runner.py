@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, stable_hash
 from ..config import (DATA_SECTIONS, IGDS_DERIVED, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
-                      RunConfig, cache_view, check, dump_config, load_config)
+                      RunConfig, cache_view, check, dump_config, load_config, with_preset)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..feature_set import FeatureSet
@@ -72,6 +72,8 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
     """The :class:`RunConfig` that IGDS (or one of its ablations) runs with; ``data`` holds
     the resolved (possibly task-formatted) pool / task_data / validation sections."""
     data, ig = data or {}, cfg.igds
+    if method == "igds_paper":  # the paper's method as far as it is known, on the igds section's data and SAEs
+        ig = with_preset(ig, "paper")
     filt = replace(ig.filter)
     if method == "igds_recall_only":
         filt.enabled = False

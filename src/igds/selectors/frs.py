@@ -15,7 +15,8 @@ model, two options:
 The selector checks that the table lists ``pool``'s ids in order. Ablations:
 ``igds_recall_only`` turns the causal filter off (every recalled candidate scores);
 ``igds_random_candidates`` sends random features through the filter instead of the
-recalled ones.
+recalled ones. ``igds_paper`` is IGDS with the ``paper`` preset (:data:`igds.config.PRESETS`)
+on its config: the paper's method as far as it is known, to compare our defaults against.
 
 Derived arms (:class:`IGDSDerived`) re-read igds's own score table (same features, same
 scores; give igds's ``run_dir`` and its stages are reused, not re-run) and turn it into a
@@ -41,7 +42,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..config import SelectConfig
+from ..config import SelectConfig, with_preset
 from ..data import Example
 from ..pipeline import igds_scores
 from ..selection import FEATURE_PREFIX, budget_for, select_rows, table_meta, top_order
@@ -53,13 +54,14 @@ class IGDSSelector(Selector):
 
     needs = ("model",)
     filter_overrides: ClassVar[dict[str, Any]] = {}
+    preset: ClassVar[str | None] = None  # igds.config.PRESETS entry put on the config first
 
     def score(self, pool: Sequence[Example], ctx: SelectionContext) -> pa.Table:
         o = self.options(ctx, config=None, run_dir=None)
         if o["config"] is None or o["run_dir"] is None:
             raise ValueError(f"selector {self.name!r} needs options config (a RunConfig whose pool section is "
                              f"this pool) and run_dir (where its stages write and resume)")
-        cfg = copy.deepcopy(o["config"])
+        cfg = with_preset(o["config"], self.preset) if self.preset else copy.deepcopy(o["config"])
         for key, value in self.filter_overrides.items():
             setattr(cfg.filter, key, value)
         table, _features = igds_scores(self.model(ctx), cfg, o["run_dir"])
@@ -84,6 +86,14 @@ class IGDSRandomCandidates(IGDSSelector):
 
     # random features rarely pass BH: then score with them unfiltered (features.json says so), not stop
     filter_overrides = {"random_candidates": True, "on_empty": "recall_only"}
+
+
+@register("igds_paper")
+class IGDSPaper(IGDSSelector):
+    """The paper's method as far as it is known (``igds.config.PRESETS["paper"]``): all positions,
+    frequency recall, the amplification filter, top-k by mean resonance. Give it its own run_dir."""
+
+    preset = "paper"
 
 
 class IGDSDerived(IGDSSelector):
