@@ -1,0 +1,163 @@
+"""Stage 1 diagnostics: what the validated features fire on, how reliable their effects are,
+whether recalled candidates pass the causal filter more often than random ones, and what Stage 1
+costs next to scoring a 400-row pool (issue #13's diagnostics section).
+
+    python benchmarks/filter_diagnostics.py                       # every task and variant (resumable)
+    python benchmarks/filter_diagnostics.py --tasks math --variants content-recalled content-random
+
+For each task the feature-discovery data of the quality benchmark (``benchmarks/quality/<task>.yaml``:
+128 training rows in the task's format, probe 96 / validation 32, the shipped layer-15 SAE)
+goes through Stage 1 once per variant, each cached in ``runs/bench/filter-diagnostics/<task>/<variant>/``:
+
+* ``paper``: the paper preset (all positions, frequency recall, the one-sided amplification edit),
+  under the new keep rule (BH at q = 0.1, split-half confirmation);
+* ``all-recalled`` / ``all-random``: all positions, the central estimator; recalled vs random candidates;
+* ``content-recalled`` / ``content-random``: the same on content positions;
+* ``content-attribution``: content positions, candidates ranked by gradient attribution.
+
+Every variant uses ``filter.on_empty: recall_only`` so that a run where nothing passes still
+reports its candidates. Per variant: candidates, how many passed BH on half A and how many half B
+confirmed, the template share of the candidates' peak tokens (mean over candidates and over the
+validated ones), the split-half reliability of the effects (Pearson r of half A's and half B's
+mean effect across candidates), and Stage 1's wall time; per task, the wall time of scoring 400
+task rows with the ``content-recalled`` features. Writes ``benchmarks/results/filter_diagnostics.{md,json}``
+and the BENCHMARKS.md block ``filter-diagnostics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from igds.config import with_preset
+from igds.experiment import Experiment, load_experiment_config, run_config
+from igds.experiment.runner import materialize
+from igds.inputs import load_saes, read_examples
+from igds.pipeline import features
+from igds.scoring import feature_activations
+from splice import splice
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("math", "summarization", "translation", "translation-zh")
+VARIANTS = ("paper", "all-recalled", "all-random", "content-recalled", "content-random", "content-attribution")
+OUT = Path("runs/bench/filter-diagnostics")
+SCORED_ROWS = 400  # the pool size the issue measures Stage 1 against
+
+
+def variant_config(base: Any, variant: str) -> Any:
+    """The RunConfig of one variant, from the task's igds section."""
+    cfg = with_preset(base, "paper") if variant == "paper" else replace(base)
+    positions = "content" if variant.startswith("content") else "all"
+    cfg.recall = replace(cfg.recall, positions=positions,
+                         method="attribution" if variant == "content-attribution" else "frequency")
+    cfg.filter = replace(cfg.filter, positions=positions, random_candidates=variant.endswith("random"),
+                         on_empty="recall_only")
+    if variant != "paper":
+        cfg.filter = replace(cfg.filter, estimator="central")
+    cfg.score = replace(cfg.score, positions=positions)
+    return cfg
+
+
+def summarize(fs: Any) -> dict[str, Any]:
+    cands = fs.candidates
+    effects = [c.effect for c in cands if c.effect is not None]
+    passed_a = sum(1 for e in effects if e.p_adjusted is not None and e.p_adjusted <= fs.info.filter.get("q", 0.1))
+    confirmed = sum(1 for e in effects if e.confirmed)
+    a = np.array([e.half_a_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
+    b = np.array([e.half_b_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
+    reliability = float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else None
+
+    def share(cs: list[Any]) -> float | None:
+        vals = [c.peak_template_share for c in cs if c.peak_template_share is not None]
+        return float(np.mean(vals)) if vals else None
+
+    validated = [c for c in cands if c.validated and c.effect is not None and c.effect.confirmed]
+    return {"candidates": len(cands), "passed_half_a": passed_a, "confirmed": confirmed,
+            "template_share_candidates": share(cands), "template_share_validated": share(validated),
+            "split_half_r": reliability, "seconds": fs.info.seconds, "outcome": fs.info.filter_outcome,
+            "validated": [{"key": c.key, "effect": c.effect.mean_delta, "p_adjusted": c.effect.p_adjusted,
+                           "template_share": c.peak_template_share,
+                           "peak_tokens": (c.peak_tokens or [])[:5]} for c in validated]}
+
+
+def scoring_seconds(exp: Experiment, cfg: Any, fs: Any, saes: Any) -> float | None:
+    """Wall time of scoring SCORED_ROWS training rows of the task with ``fs``'s validated features."""
+    if not fs.validated:
+        return None
+    dc = materialize(exp.the_task(), replace(exp.cfg.igds.pool, limit=SCORED_ROWS), OUT / f"pool400-{exp.cfg.name}.jsonl")
+    rows = read_examples(dc, "pool")
+    t0 = time.perf_counter()
+    feature_activations(exp.model(), saes, fs, rows, replace(cfg.score, top_examples=0),
+                        use_chat_template=cfg.use_chat_template)
+    return round(time.perf_counter() - t0, 2)
+
+
+def run_task(task: str, variants: list[str]) -> dict[str, Any]:
+    exp = Experiment(load_experiment_config(ROOT / "benchmarks" / "quality" / f"{task}.yaml"))
+    base = run_config(exp.cfg, "igds", exp.data())
+    saes = load_saes(base, exp.model())
+    path = OUT / task / "summary.json"
+    out = read_json(path) if path.exists() else {}
+    for variant in variants:
+        cfg = variant_config(base, variant)
+        run_dir = OUT / task / variant
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fs = features(cfg, exp.model(), saes, run_dir)
+        out[variant] = summarize(fs)
+        if variant == "content-recalled":
+            out["scoring_seconds_400"] = scoring_seconds(exp, cfg, fs, saes)
+        atomic_write_json(path, out)
+        print(f"filter diagnostics: {task} {variant}: {out[variant]['outcome']}")
+    return out
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| task | variant | candidates | pass BH (half A) | confirmed (half B) | template share, candidates | "
+             "template share, validated | split-half r | Stage 1 s |", "|---|---|---|---|---|---|---|---|---|"]
+    for task, res in results.items():
+        for variant in VARIANTS:
+            r = res.get(variant)
+            if r:
+                lines.append(f"| {task} | {variant} | {r['candidates']} | {r['passed_half_a']} | {r['confirmed']} | "
+                             f"{_f(r['template_share_candidates'])} | {_f(r['template_share_validated'])} | "
+                             f"{_f(r['split_half_r'])} | {_f(r['seconds'], '.0f')} |")
+    lines += ["", "Scoring 400 task rows with the content-recalled features (s): " +
+              ", ".join(f"{t} {_f(r.get('scoring_seconds_400'), '.0f')}" for t, r in results.items()) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--collect-only", action="store_true")
+    args = ap.parse_args(argv)
+    results = {}
+    for task in TASKS:
+        if task in args.tasks and not args.collect_only:
+            results[task] = run_task(task, args.variants)
+        elif (OUT / task / "summary.json").exists():
+            results[task] = read_json(OUT / task / "summary.json")
+    if not results:
+        print("nothing to collect")
+        return 1
+    text = table(results)
+    atomic_write_text(ROOT / "benchmarks" / "results" / "filter_diagnostics.md",
+                      "# Stage 1 diagnostics (`python benchmarks/filter_diagnostics.py`)\n\n" + text + "\n")
+    atomic_write_json(ROOT / "benchmarks" / "results" / "filter_diagnostics.json", results)
+    splice("filter-diagnostics", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
