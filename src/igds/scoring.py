@@ -232,10 +232,11 @@ def shards(stream: Iterator[Example], size: int) -> Iterator[list[Example]]:
 
 
 def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cfg: ScoreConfig,
-                    pool_source: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
+                    pool_fingerprint: str, spec: DataSpec, use_chat_template: bool, limit: int | None,
                     dtype: str = "float32", split: str | None = None, weights: dict[str, Any] | None = None) -> str:
     """Hash of everything the scores depend on: ``dtype`` is :func:`igds.inputs.precision` of
-    where the scores are computed (bf16 and fp32 shards never mix), ``weights`` the
+    where the scores are computed (bf16 and fp32 shards never mix), ``pool_fingerprint`` the pool's
+    :func:`~igds.inputs.source_fingerprint` (hashed once per run by the caller), ``weights`` the
     :func:`igds.inputs.weights_fingerprint` of the model and SAE files (None: their names only)."""
     relevant = {**cache_view(cfg), "shard_size": cfg.shard_size}  # shard_size: the store's layout
     return stable_hash({
@@ -243,7 +244,7 @@ def score_cache_key(lm_name: str, saes: dict[int, SAE], features: FeatureSet, cf
         "weights": weights,
         "saes": [s.describe() for _, s in sorted(saes.items())],
         "features": [(c.key, c.scale) for c in features.validated_features],
-        "score": relevant, "pool": source_fingerprint(pool_source), "spec": asdict(spec),
+        "score": relevant, "pool": pool_fingerprint, "spec": asdict(spec),
         "chat": use_chat_template, "limit": limit, "split": split,
     })
 
@@ -265,10 +266,10 @@ class ScoreSummary:
         return cls(**read_json(path))
 
 
-def pool_meta(source: str, ids: Sequence[str]) -> dict[str, Any]:
+def pool_meta(source: str, fingerprint: str, ids: Sequence[str]) -> dict[str, Any]:
     """The pool a score table was computed on, for the table's ``igds`` metadata: its source,
     :func:`~igds.inputs.source_fingerprint`, row count and a hash of its ids in order."""
-    return {"source": source, "fingerprint": source_fingerprint(source), "rows": len(ids),
+    return {"source": source, "fingerprint": fingerprint, "rows": len(ids),
             "ids_sha": stable_hash(list(ids))}
 
 
@@ -339,7 +340,8 @@ class ShardStore:
         atomic_write_json(side, extra)
         atomic_write_parquet(path, table)
 
-    def assemble(self, cfg: ScoreConfig, features: FeatureSet, rejects: Rejects, pool_source: str) -> Scores:
+    def assemble(self, cfg: ScoreConfig, features: FeatureSet, rejects: Rejects, pool_source: str,
+                 pool_fingerprint: str) -> Scores:
         """Join every shard into ``scores.parquet`` (its ``igds`` metadata names the pool, see
         :func:`pool_meta`) and ``top_examples.json``, plus the shard summary, once all are done."""
         missing = [s for s in range(self.n_shards) if not self.done(s)]
@@ -363,7 +365,7 @@ class ShardStore:
                                      pa.array(combine_scores(norm, cfg.combine, weights)))
             meta["weights"] = {c.key: round(float(w), 6) for c, w in zip(validated, weights)}
         table = table.replace_schema_metadata({"igds": json.dumps({
-            **meta, "pool": pool_meta(pool_source, table.column("id").to_pylist())})})
+            **meta, "pool": pool_meta(pool_source, pool_fingerprint, table.column("id").to_pylist())})})
         merged = merge_tops(tops, cfg.top_examples)
         atomic_write_parquet(self.run_dir / "scores.parquet", table)
         atomic_write_json(self.run_dir / "top_examples.json", merged)
@@ -404,7 +406,8 @@ def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool
     (:func:`igds.inputs.weights_fingerprint`) and ``compute_precision``, the
     :func:`igds.inputs.precision` the engine computes in (default: ``lm``'s own)."""
     compute_precision = compute_precision or precision(lm.device, lm.dtype)
-    key = score_cache_key(lm.name, saes, features, cfg, pool_source, spec, use_chat_template, limit,
+    pool_fingerprint = source_fingerprint(pool_source)  # once: the cache key and the table's metadata
+    key = score_cache_key(lm.name, saes, features, cfg, pool_fingerprint, spec, use_chat_template, limit,
                           compute_precision, split, weights)
     total = count_records(pool_source)
     store = ShardStore(run_dir, key, cfg.shard_size, total if limit is None or total is None else min(total, limit))
@@ -420,7 +423,7 @@ def score_pool(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, pool
         raise ValueError(f"{pool_source}: the pool has no usable examples")
     log.info("scores: %d shards, %d scored by this run, %d reused from %s", store.n_shards, store.n_computed,
              store.n_shards - store.n_computed, store.dir)
-    return store.assemble(cfg, features, rejects, pool_source)
+    return store.assemble(cfg, features, rejects, pool_source, pool_fingerprint)
 
 
 def feature_activations(lm: LoadedModel, saes: dict[int, SAE], features: FeatureSet, examples: Sequence[Example],
