@@ -43,6 +43,25 @@ COMPARISONS = (("igds", "random"), ("igds", "full"), ("igds", "igds_recall_only"
                ("igds", "igds_random_candidates"), ("igds_recall_only", "random"),
                ("igds_random_candidates", "random"))
 THRESHOLD = 2.0  # pooled standard errors
+# Finished runs' result.json files, kept in the repository: the runs/ folder does not outlive the
+# machine, and a sitting may end mid-protocol. Before a task runs they are put back under runs/
+# (the experiment re-checks each one's key, so a run whose settings changed is redone).
+ARCHIVE = ROOT / "benchmarks" / "results" / "protocol-runs"
+
+
+def archive(exp: Experiment, task: str, restore: bool) -> int:
+    """Copy finished results (base model and runs) between ``exp``'s folder and :data:`ARCHIVE`."""
+    pairs = [(exp.exp_dir / "base" / "result.json", ARCHIVE / task / "base.json")]
+    pairs += [(exp.exp_dir / "runs" / run_id(*p) / "result.json", ARCHIVE / task / f"{run_id(*p)}.json")
+              for p in exp.plan()]
+    n = 0
+    for live, kept in pairs:
+        src, dst = (kept, live) if restore else (live, kept)
+        if src.exists() and (not restore or not dst.exists()):  # saving refreshes; restoring never overwrites
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dst, src.read_text(encoding="utf-8"))
+            n += 1
+    return n
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
@@ -105,6 +124,8 @@ def collect(task: str) -> dict[str, Any] | None:
     """Every finished run of one task's protocol experiment, with the verdicts."""
     cfg_path = CONFIGS / f"{task}.yaml"
     exp = Experiment(load_experiment_config(cfg_path))
+    archive(exp, task, restore=True)
+    archive(exp, task, restore=False)  # and runs/'s newer results into the archive
     runs = []
     for method, ratio, seed in exp.plan():
         path = exp.exp_dir / "runs" / run_id(method, ratio, seed) / "result.json"
@@ -132,7 +153,7 @@ def collect(task: str) -> dict[str, Any] | None:
                                   [r["metrics"].get(loss_key) for r in by[b]], False)
         comparisons.append({"a": a, "b": b, "gap_metric": gm, "z_metric": zm, "gap_loss": gl, "z_loss": zl,
                             "verdict": verdict(zm, zl)})
-    diag_path = exp.exp_dir / "diagnostics.json"
+    diag_path = ARCHIVE / task / "diagnostics.json"
     seconds = sum((r.get("finetune") or {}).get("seconds") or 0 for r in runs) + sum(r.get("eval_seconds") or 0
                                                                                     for r in runs)
     return {"task": task, "config": str(cfg_path.relative_to(ROOT)), "metric": metric, "heldout_loss": loss_key,
@@ -198,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
         overrides += [f"methods=[{','.join(args.methods)}]"] if args.methods else []
         cfg = load_experiment_config(CONFIGS / f"{task}.yaml", overrides)
-        t0 = time.perf_counter()
-        run_experiment(cfg)
         exp = Experiment(load_experiment_config(CONFIGS / f"{task}.yaml"))
-        atomic_write_json(exp.exp_dir / "diagnostics.json", diagnostics(exp))
+        print(f"protocol: {task}: {archive(exp, task, restore=True)} finished results restored from {ARCHIVE}")
+        t0 = time.perf_counter()
+        try:
+            run_experiment(cfg)
+        finally:  # what finished is kept, also when the sitting ends mid-task
+            archive(exp, task, restore=False)
+        atomic_write_json(ARCHIVE / task / "diagnostics.json", diagnostics(exp))
         print(f"protocol: {task} took {time.perf_counter() - t0:.0f} s")
     results = {t: r for t in TASKS if (r := collect(t)) is not None}
     if not results:

@@ -33,3 +33,21 @@ def test_gap_sign_follows_the_direction_of_better():
 ])
 def test_verdicts(zm, zl, expected):
     assert verdict(zm, zl) == expected
+
+
+def test_archive_round_trip_keeps_finished_runs_across_machines(tmp_path, monkeypatch):
+    import protocol
+    from igds.experiment import Experiment, load_experiment_config
+
+    monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
+    cfg = load_experiment_config(protocol.CONFIGS / "summarization.yaml", {"igds.out": str(tmp_path / "run")})
+    exp = Experiment(cfg)
+    live = exp.exp_dir / "runs" / "random-r0.5-s3" / "result.json"
+    live.parent.mkdir(parents=True)
+    live.write_text('{"run": "random-r0.5-s3"}')
+    assert protocol.archive(exp, "summarization", restore=False) == 1
+    assert (tmp_path / "archive" / "summarization" / "random-r0.5-s3.json").read_text() == '{"run": "random-r0.5-s3"}'
+    live.unlink()  # a fresh machine: runs/ is gone, the archive is in the repository
+    assert protocol.archive(exp, "summarization", restore=True) == 1 and live.exists()
+    live.write_text('{"run": "newer"}')  # restoring never overwrites what runs/ holds
+    assert protocol.archive(exp, "summarization", restore=True) == 0 and live.read_text() == '{"run": "newer"}'
