@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 
 from diagnostics import selection_diagnostics, top_indices
 from igds.artifacts import atomic_write_json, atomic_write_text, read_json
-from igds.experiment import Experiment, headline_metric, load_experiment_config, run_experiment, run_id
+from igds.experiment import (Experiment, headline_metric, load_experiment_config, method_dir, run_experiment,
+                             run_id)
 from igds.selection import select_indices
 from splice import splice
 
@@ -126,11 +128,13 @@ def collect(task: str) -> dict[str, Any] | None:
     exp = Experiment(load_experiment_config(cfg_path))
     archive(exp, task, restore=True)
     archive(exp, task, restore=False)  # and runs/'s newer results into the archive
-    runs = []
+    runs, stale = [], []
     for method, ratio, seed in exp.plan():
         path = exp.exp_dir / "runs" / run_id(method, ratio, seed) / "result.json"
         if path.exists():
-            runs.append(read_json(path))
+            r = read_json(path)
+            # a result made with other settings (or older code whose keys differ) is never mixed in
+            (runs if r.get("key") == exp.run_key(method, ratio, seed) else stale).append(r)
     base_path = exp.exp_dir / "base" / "result.json"
     if not runs or not base_path.exists():
         return None
@@ -158,9 +162,34 @@ def collect(task: str) -> dict[str, Any] | None:
                                                                                     for r in runs)
     return {"task": task, "config": str(cfg_path.relative_to(ROOT)), "metric": metric, "heldout_loss": loss_key,
             "planned_runs": len(exp.plan()), "finished_runs": len(runs), "run_seconds": round(seconds, 1),
+            "stale_runs": sorted(r["run"] for r in stale), "code": code_version(),
+            "filter_outcomes": filter_outcomes(exp),
             "steps_mode": sorted({r.get("steps_mode", "epochs") for r in runs}),
             "base": read_json(base_path)["metrics"], "cells": cells, "comparisons": comparisons,
             "diagnostics": read_json(diag_path) if diag_path.exists() else None}
+
+
+def code_version() -> str:
+    """The igds checkout the tables were collected with (its git commit), for the record."""
+    import igds
+
+    try:
+        return subprocess.run(["git", "-C", str(Path(igds.__file__).parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return igds.__version__
+
+
+def filter_outcomes(exp: Experiment) -> dict[str, str]:
+    """What each IGDS arm's causal filter kept, from its features.json (older files: validated of candidates)."""
+    out = {}
+    for m in METHODS[2:]:
+        path = method_dir(exp.run_dir, m) / "features.json"
+        if path.exists():
+            fs = read_json(path)
+            out[m] = fs.get("filter_outcome") or \
+                f"kept {len(fs.get('validated', []))} of {len(fs.get('candidates', []))} candidates"
+    return out
 
 
 def _ms(cell: tuple[float, float, int], digits: int = 4) -> str:
@@ -176,7 +205,11 @@ def task_section(res: dict[str, Any]) -> list[str]:
     metric, loss = res["metric"], res["heldout_loss"]
     lines = [f"Config: `{res['config']}`; {res['finished_runs']} of {res['planned_runs']} planned runs finished "
              f"(steps mode: {', '.join(res['steps_mode'])}); fine-tuning + evaluation time of those runs: "
-             f"{res['run_seconds'] / 60:.1f} min. Cells are mean ± standard error over seeds.", "",
+             f"{res['run_seconds'] / 60:.1f} min; collected with igds at `{res['code']}`. Cells are mean ± standard "
+             "error over seeds." + (f" Not counted, made with other settings or code: {', '.join(res['stale_runs'])}."
+                                    if res["stale_runs"] else ""), "",
+             "Causal filter: " + ("; ".join(f"{LABELS[m].strip('*')}: {o}" for m, o in res["filter_outcomes"].items())
+                                  or "–") + ".", "",
              f"| method | seeds | n train | steps | `{metric}` | held-out ref loss (`{loss}`) | test ref loss |",
              "|---|---|---|---|---|---|---|"]
     b = res["base"]
