@@ -67,11 +67,12 @@ def archive(exp: Experiment, task: str, restore: bool) -> int:
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, standard error of the mean (sample std / sqrt(n); 0 for one value) and n."""
+    """Mean, standard error of the mean (sample std / sqrt(n); NaN for one value: no spread to
+    estimate) and n."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return math.nan, math.nan, 0
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
     return float(v.mean()), se, len(v)
 
 
@@ -92,7 +93,7 @@ def standardized_gap(a: Sequence[float], b: Sequence[float], higher_is_better: b
 def verdict(z_metric: float, z_loss: float, threshold: float = THRESHOLD) -> str:
     """The pre-registered rule on the two standardized gaps (positive = A better)."""
     if any(math.isnan(z) for z in (z_metric, z_loss)):
-        return "undecided (missing runs)"
+        return "undecided (fewer than 2 seeds on a side)"
     if z_metric > threshold and z_loss > threshold:
         return "met"
     if z_metric < -threshold or z_loss < -threshold:
@@ -194,11 +195,11 @@ def filter_outcomes(exp: Experiment) -> dict[str, str]:
 
 def _ms(cell: tuple[float, float, int], digits: int = 4) -> str:
     m, se, n = cell
-    return "–" if n == 0 else f"{m:.{digits}f} ± {se:.{digits}f}"
+    return "–" if n == 0 else f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {se:.{digits}f}"
 
 
 def _z(z: float) -> str:
-    return "∞" if math.isinf(z) and z > 0 else "−∞" if math.isinf(z) else f"{z:+.1f}"
+    return "n/a" if math.isnan(z) else "∞" if math.isinf(z) and z > 0 else "−∞" if math.isinf(z) else f"{z:+.1f}"
 
 
 def task_section(res: dict[str, Any]) -> list[str]:

@@ -10,7 +10,9 @@ from protocol import mean_se, standardized_gap, verdict
 def test_mean_se_uses_the_sample_std():
     m, se, n = mean_se([1.0, 2.0, 3.0, None])
     assert (m, n) == (2.0, 3) and se == pytest.approx(1.0 / math.sqrt(3))
-    assert mean_se([5.0]) == (5.0, 0.0, 1)
+    m, se, n = mean_se([5.0])  # one seed: no spread to estimate, so no verdict can rest on it
+    assert (m, n) == (5.0, 1) and math.isnan(se)
+    assert math.isnan(standardized_gap([5.0], [4.0, 4.1], True)[1])
 
 
 def test_gap_sign_follows_the_direction_of_better():
@@ -29,7 +31,7 @@ def test_gap_sign_follows_the_direction_of_better():
     (3.0, -2.1, "not met"),       # decisively worse on one is enough to fail
     (-2.5, 0.0, "not met"),
     (1.0, -1.0, "undecided"),
-    (math.nan, 3.0, "undecided (missing runs)"),
+    (math.nan, 3.0, "undecided (fewer than 2 seeds on a side)"),
 ])
 def test_verdicts(zm, zl, expected):
     assert verdict(zm, zl) == expected
