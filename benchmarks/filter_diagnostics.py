@@ -38,6 +38,8 @@ from igds.artifacts import atomic_write_json, atomic_write_text, read_json
 from igds.config import with_preset
 from igds.experiment import Experiment, load_experiment_config, run_config
 from igds.experiment.runner import materialize
+from igds.feature_set import FeatureSet
+from igds.features import passes
 from igds.inputs import load_saes, read_examples
 from igds.pipeline import features
 from igds.scoring import feature_activations
@@ -66,9 +68,14 @@ def variant_config(base: Any, variant: str) -> Any:
 
 def summarize(fs: Any) -> dict[str, Any]:
     cands = fs.candidates
+    q = fs.info.filter.get("q", 0.1)
     effects = [c.effect for c in cands if c.effect is not None]
-    passed_a = sum(1 for e in effects if e.p_adjusted is not None and e.p_adjusted <= fs.info.filter.get("q", 0.1))
-    confirmed = sum(1 for e in effects if e.confirmed)
+    passed_a = sum(1 for e in effects if e.p_adjusted is not None and e.p_adjusted <= q)
+    confirmed = sum(1 for e in effects if passes(e, q))  # the keep rule itself: BH on half A and half B's p
+    # per-feature agreement: same sign on both halves (r across candidates can be high from a shared
+    # curvature term alone under the one-sided amplify edit)
+    same_sign = [np.sign(e.half_a_mean) == np.sign(e.half_b_mean) for e in effects
+                 if e.half_a_mean is not None and e.half_b_mean is not None]
     a = np.array([e.half_a_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
     b = np.array([e.half_b_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
     reliability = float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else None
@@ -77,10 +84,11 @@ def summarize(fs: Any) -> dict[str, Any]:
         vals = [c.peak_template_share for c in cs if c.peak_template_share is not None]
         return float(np.mean(vals)) if vals else None
 
-    validated = [c for c in cands if c.validated and c.effect is not None and c.effect.confirmed]
+    validated = [c for c in cands if c.effect is not None and passes(c.effect, q)]
     return {"candidates": len(cands), "passed_half_a": passed_a, "confirmed": confirmed,
             "template_share_candidates": share(cands), "template_share_validated": share(validated),
-            "split_half_r": reliability, "seconds": fs.info.seconds, "outcome": fs.info.filter_outcome,
+            "split_half_r": reliability, "split_half_same_sign": float(np.mean(same_sign)) if same_sign else None,
+            "seconds": fs.info.seconds, "outcome": fs.info.filter_outcome,
             "validated": [{"key": c.key, "effect": c.effect.mean_delta, "p_adjusted": c.effect.p_adjusted,
                            "template_share": c.peak_template_share,
                            "peak_tokens": (c.peak_tokens or [])[:5]} for c in validated]}
@@ -122,15 +130,17 @@ def _f(v: Any, fmt: str = ".2f") -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| task | variant | candidates | pass BH (half A) | confirmed (half B) | template share, candidates | "
-             "template share, validated | split-half r | Stage 1 s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | variant | candidates | pass BH (half A) | kept (BH on A, confirmed on B) | template share, "
+             "candidates | template share, kept | split-half r | same sign on both halves | Stage 1 s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task, res in results.items():
         for variant in VARIANTS:
             r = res.get(variant)
             if r:
                 lines.append(f"| {task} | {variant} | {r['candidates']} | {r['passed_half_a']} | {r['confirmed']} | "
                              f"{_f(r['template_share_candidates'])} | {_f(r['template_share_validated'])} | "
-                             f"{_f(r['split_half_r'])} | {_f(r['seconds'], '.0f')} |")
+                             f"{_f(r['split_half_r'])} | {_f(r.get('split_half_same_sign'))} | "
+                             f"{_f(r['seconds'], '.0f')} |")
     lines += ["", "Scoring 400 task rows with the content-recalled features (s): " +
               ", ".join(f"{t} {_f(r.get('scoring_seconds_400'), '.0f')}" for t, r in results.items()) + "."]
     return "\n".join(lines)
@@ -148,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             results[task] = run_task(task, args.variants)
         elif (OUT / task / "summary.json").exists():
             results[task] = read_json(OUT / task / "summary.json")
+            for variant in VARIANTS:  # summaries are re-read from each variant's features.json
+                if (OUT / task / variant / "features.json").exists():
+                    results[task][variant] = summarize(FeatureSet.load(OUT / task / variant / "features.json"))
     if not results:
         print("nothing to collect")
         return 1

@@ -52,14 +52,26 @@ ARCHIVE = ROOT / "benchmarks" / "results" / "protocol-runs"
 
 
 def archive(exp: Experiment, task: str, restore: bool) -> int:
-    """Copy finished results (base model and runs) between ``exp``'s folder and :data:`ARCHIVE`."""
-    pairs = [(exp.exp_dir / "base" / "result.json", ARCHIVE / task / "base.json")]
-    pairs += [(exp.exp_dir / "runs" / run_id(*p) / "result.json", ARCHIVE / task / f"{run_id(*p)}.json")
+    """Copy finished results between ``exp``'s folder and :data:`ARCHIVE`.
+
+    Only results whose key matches the current settings move (a stale one never replaces a
+    current one, either way); restoring replaces a stale live result. The base model's result
+    moves when the other side lacks it (its key needs the features, checked when it is read)."""
+    def current(path: Path, plan: tuple[str, float, int] | None) -> bool:
+        return path.exists() and (plan is None or read_json(path).get("key") == exp.run_key(*plan))
+
+    pairs: list[tuple[Path, Path, tuple[str, float, int] | None]] = [
+        (exp.exp_dir / "base" / "result.json", ARCHIVE / task / "base.json", None)]
+    pairs += [(exp.exp_dir / "runs" / run_id(*p) / "result.json", ARCHIVE / task / f"{run_id(*p)}.json", p)
               for p in exp.plan()]
     n = 0
-    for live, kept in pairs:
+    for live, kept, plan in pairs:
         src, dst = (kept, live) if restore else (live, kept)
-        if src.exists() and (not restore or not dst.exists()):  # saving refreshes; restoring never overwrites
+        if restore:
+            move = current(kept, plan) and not current(live, plan)
+        else:
+            move = current(live, plan) and (not kept.exists() or kept.read_text() != live.read_text())
+        if move:
             dst.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dst, src.read_text(encoding="utf-8"))
             n += 1
@@ -143,7 +155,7 @@ def collect(task: str) -> dict[str, Any] | None:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by.setdefault(r["method"], []).append(r)
-    cells = {m: {"n": len(rs), "n_train": rs[0]["n_train"], "steps": sorted({r["finetune"]["steps"] for r in rs}),
+    cells = {m: {"n": mean_se([r["metrics"].get(metric) for r in rs])[2], "n_train": rs[0]["n_train"], "steps": sorted({r["finetune"]["steps"] for r in rs}),
                  "metric": mean_se([r["metrics"].get(metric) for r in rs]),
                  "heldout_loss": mean_se([r["metrics"].get(loss_key) for r in rs]),
                  "test_loss": mean_se([r["metrics"].get("ref_loss") for r in rs])}
@@ -260,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             run_experiment(cfg)
         finally:  # what finished is kept, also when the sitting ends mid-task
             archive(exp, task, restore=False)
-        atomic_write_json(ARCHIVE / task / "diagnostics.json", diagnostics(exp))
+        if not args.methods:  # the diagnostics read every arm's table: not for a partial invocation
+            atomic_write_json(ARCHIVE / task / "diagnostics.json", diagnostics(exp))
         print(f"protocol: {task} took {time.perf_counter() - t0:.0f} s")
     results = {t: r for t in TASKS if (r := collect(t)) is not None}
     if not results:

@@ -44,12 +44,20 @@ def test_archive_round_trip_keeps_finished_runs_across_machines(tmp_path, monkey
     monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
     cfg = load_experiment_config(protocol.CONFIGS / "summarization.yaml", {"igds.out": str(tmp_path / "run")})
     exp = Experiment(cfg)
+    keys = {}
+    monkeypatch.setattr(exp, "run_key", lambda m, r, s: keys.get((m, r, s), "current"))
     live = exp.exp_dir / "runs" / "random-r0.5-s3" / "result.json"
+    kept = tmp_path / "archive" / "summarization" / "random-r0.5-s3.json"
     live.parent.mkdir(parents=True)
-    live.write_text('{"run": "random-r0.5-s3"}')
-    assert protocol.archive(exp, "summarization", restore=False) == 1
-    assert (tmp_path / "archive" / "summarization" / "random-r0.5-s3.json").read_text() == '{"run": "random-r0.5-s3"}'
+    live.write_text('{"key": "current", "v": 1}')
+    assert protocol.archive(exp, "summarization", restore=False) == 1 and kept.read_text() == live.read_text()
     live.unlink()  # a fresh machine: runs/ is gone, the archive is in the repository
     assert protocol.archive(exp, "summarization", restore=True) == 1 and live.exists()
-    live.write_text('{"run": "newer"}')  # restoring never overwrites what runs/ holds
-    assert protocol.archive(exp, "summarization", restore=True) == 0 and live.read_text() == '{"run": "newer"}'
+    # a stale live result (other settings) never reaches the archive, and the current archived one replaces it
+    live.write_text('{"key": "old", "v": 0}')
+    assert protocol.archive(exp, "summarization", restore=False) == 0 and '"v": 1' in kept.read_text()
+    assert protocol.archive(exp, "summarization", restore=True) == 1 and '"v": 1' in live.read_text()
+    # settings changed since: the archived result is stale too and is not restored
+    keys[("random", 0.5, 3)] = "new"
+    live.unlink()
+    assert protocol.archive(exp, "summarization", restore=True) == 0 and not live.exists()

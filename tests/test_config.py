@@ -115,3 +115,12 @@ def test_preset_paper_goes_under_the_users_file_and_flags(tmp_path):
     arm = run_config(exp, "igds_paper")
     assert arm.filter.estimator == "amplify" and arm.preset == "paper" and exp.igds.filter.estimator == "central"
     assert method_dir(tmp_path, "igds_paper") == tmp_path / "ablations" / "igds_paper"
+
+
+def test_filter_alpha_must_amplify():
+    from igds.config import load_config
+
+    for alpha in ("1", "0.5", "0"):  # below 1 the edit weakens the feature: every effect's sign would flip
+        with pytest.raises(ConfigError, match="filter.alpha"):
+            load_config(None, [f"filter.alpha={alpha}"])
+    assert load_config(None, ["filter.alpha=1.5"]).filter.alpha == 1.5

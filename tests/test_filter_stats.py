@@ -82,7 +82,7 @@ def test_null_features_are_kept_at_most_at_rate_q(replication):
     assert new_any / seeds <= q + 0.05
 
 
-def test_a_real_effect_among_nulls_is_kept_and_estimated_without_bias():
+def test_a_real_effect_among_nulls_is_kept_and_estimated_on_the_held_out_half():
     rng = np.random.default_rng(7)
     effects = [1.5 + rng.normal(0, 1, 32)] + list(rng.normal(0, 1, (23, 32)))
     verdicts = judge(effects, q=0.1, seed=0)

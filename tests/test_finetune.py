@@ -141,3 +141,11 @@ def test_config_rejects_unknown_keys():
         load_config(None, ["finetune.lora_rank=8"], cls=ExperimentConfig)
     with pytest.raises(ValueError, match="method"):
         FinetuneConfig(method="qlora")
+
+
+def test_equal_steps_is_refused_outside_an_experiment(tiny_lm):
+    from igds.config import FinetuneConfig
+    from igds.finetune import train_model
+
+    with pytest.raises(ValueError, match="equal_steps"):
+        train_model(tiny_lm, [], FinetuneConfig(equal_steps=True))

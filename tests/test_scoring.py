@@ -162,6 +162,8 @@ def test_effect_weights_clip_at_zero_and_normalise():
     np.testing.assert_allclose(effect_weights(cands), [0.75, 0.0, 0.25, 0.0])
     np.testing.assert_allclose(effect_weights([Candidate("L1/F0", 1, 0), Candidate("L1/F1", 1, 1)]), [0.5, 0.5])
     np.testing.assert_allclose(effect_weights(cands[1:2] + cands[3:]), [0.5, 0.5])  # none positive: equal
+    # an unmeasured feature beside measured ones weighs 0, not 1 (1 would swamp effects of ~0.01-0.1 nats)
+    np.testing.assert_allclose(effect_weights(cands[:1] + [Candidate("L1/F9", 1, 9)]), [1.0, 0.0])
 
 
 @pytest.mark.parametrize("how", ["zscore", "rank"])

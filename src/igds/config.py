@@ -130,8 +130,8 @@ class FilterConfig:
     cached_prefix: bool = True  # re-run only the blocks above the SAE layer
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        if self.alpha == 1:
-            yield "alpha", "alpha=1 leaves the model unchanged; give another factor (2 doubles the feature)"
+        if self.alpha <= 1:  # below 1 the edit weakens the feature and every effect's sign would flip
+            yield "alpha", f"alpha={self.alpha} does not amplify; give a factor above 1 (2 doubles the feature)"
         if self.enabled and self.replication and self.validation_size < 4:
             yield "validation_size", "replication splits the validation examples in two halves; give at least 4"
 

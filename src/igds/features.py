@@ -332,7 +332,8 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
     ref_stats = firing_stats(lm, saes, reference, recall.positions, desc="recall: reference")
     attribution = None
     if recall.method == "attribution" and not filt.random_candidates:
-        attribution = {L: attribution_screen(lm, sae, L, probe, positions=recall.positions).t for L, sae in saes.items()}
+        # where the filter will edit: the screen ranks features by the same edit, to first order
+        attribution = {L: attribution_screen(lm, sae, L, probe, positions=filt.positions).t for L, sae in saes.items()}
     ranked, table = recall_candidates(task_stats, ref_stats, recall, attribution)
     if stats_path is not None:
         atomic_write_parquet(stats_path, table)

@@ -13,9 +13,10 @@ helps, :mod:`igds.features`). The rule (ours, method audit §3.4):
    seeded shuffle (:func:`split_halves`): the test and BH run on half A; a selected
    feature is *confirmed* when the same one-sided test on half B gives p <= ``q``. A null
    feature that slipped through A passes B with probability at most ``q``. The reported
-   effect (mean, se, 95% CI) is half B's, the examples that did not select it, so it
-   carries no winner's curse. Without replication everything runs on all examples and
-   the estimate of a kept feature is biased upward.
+   effect (mean, se, 95% CI) is half B's, the examples that did not select it on half A.
+   Half B also confirms it, so a kept feature's half-B mean is still selected on and
+   biased upward, but far less than an estimate from the selecting examples; without
+   replication everything runs on all examples and that bias is whole.
 
 The t distribution is computed here (regularised incomplete beta by continued
 fraction) rather than imported, so that Stage 1 needs no SciPy; the tests check it

@@ -242,6 +242,9 @@ def train_model(lm_or_name: LoadedModel | str, examples: Sequence[Example], cfg:
     from transformers import Trainer, TrainingArguments, set_seed
 
     cfg = cfg or FinetuneConfig()
+    if cfg.equal_steps:
+        raise ValueError("finetune.equal_steps sets each arm's steps from Full's in `igds experiment`; "
+                         "for one fine-tuning run give finetune.max_steps or finetune.epochs")
     base = load_model(lm_or_name) if isinstance(lm_or_name, str) else lm_or_name
     tok = base.tokenizer
     if getattr(tok, "pad_token_id", None) is None:

@@ -168,10 +168,12 @@ class FeatureScorer:
 
 def effect_weights(features: Sequence[Candidate]) -> np.ndarray:
     """Each feature's weight in the pool-wide combinations: its Stage 1b effect (``mean_delta``, the
-    loss drop when amplified) clipped at 0, or 1 when none is recorded (the filter was off);
+    loss drop when amplified) clipped at 0; when no feature has one (the filter was off) each weighs 1;
     normalised to sum 1. When every weight is 0 the features weigh the same (a warning says so)."""
-    raw = np.array([1.0 if c.effect is None or not math.isfinite(c.effect.mean_delta)
-                    else max(0.0, c.effect.mean_delta) for c in features])
+    measured = [c.effect is not None and math.isfinite(c.effect.mean_delta) for c in features]
+    # a feature without a measured effect weighs 1 only when none has one: beside effects in nats it would dominate
+    raw = np.array([max(0.0, c.effect.mean_delta) if ok else (0.0 if any(measured) else 1.0)
+                    for c, ok in zip(features, measured)])
     if raw.sum() <= 0:
         log.warning("no validated feature has a positive effect; combining them with equal weights")
         raw = np.ones(len(features))

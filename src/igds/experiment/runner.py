@@ -72,15 +72,11 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
     """The :class:`RunConfig` that IGDS (or one of its ablations) runs with; ``data`` holds
     the resolved (possibly task-formatted) pool / task_data / validation sections."""
     data, ig = data or {}, cfg.igds
-    if method == "igds_paper":  # the paper's method as far as it is known, on the igds section's data and SAEs
-        ig = with_preset(ig, "paper")
-    filt = replace(ig.filter)
-    if method == "igds_recall_only":
-        filt.enabled = False
-    elif method == "igds_random_candidates":
-        # random features rarely pass BH: the ablation then scores with its random candidates unfiltered
-        # (features.json's filter_outcome says so) rather than stopping the whole experiment
-        filt.random_candidates, filt.on_empty = True, "recall_only"
+    # the arm's own settings live on its selector (igds.selectors.frs): one definition for both paths
+    arm = get_selector(method)
+    if getattr(arm, "preset", None):
+        ig = with_preset(ig, arm.preset)
+    filt = replace(ig.filter, **getattr(arm, "filter_overrides", {}))
     return replace(ig, task_data=data.get("task_data", ig.task_data), validation=data.get("validation", ig.validation),
                    pool=data.get("pool", ig.pool), filter=filt, select=replace(ig.select, ratio=max(cfg.ratios)),
                    report=False, out=str(method_dir(Path(ig.out), method)))

@@ -155,10 +155,16 @@ def section_features(d: RunData) -> str:
             cfg_bits.append(f"<details><summary>{name} settings</summary><pre>"
                             f"{esc(json.dumps(settings, indent=2, ensure_ascii=False))}</pre></details>")
     tested = any(c.effect is not None for c in cands)
-    how = ("kept after amplification changed the task metric for the better" if tested else
+    estimator = (f.info.filter or {}).get("estimator", "amplify")
+    edit = "removing vs doubling it" if estimator == "central" else "amplifying it"
+    how = (f"kept as scoring features (causal test: the reference loss under {edit})" if tested else
            "kept without an interventional test (the causal filter was off)")
     outcome = f" Filter: {esc(f.info.filter_outcome)}." if f.info.filter_outcome else ""
-    intro = (f"<p>{len(cands)} feature{'s' if len(cands) != 1 else ''} recalled by frequency on the task probe vs "
+    recall = "ranked by gradient attribution" if (f.info.recall or {}).get("method") == "attribution" else \
+        "recalled by firing frequency"
+    if any(c.random_candidate for c in cands):
+        recall = "drawn at random (the no-recall ablation)"
+    intro = (f"<p>{len(cands)} candidate feature{'s' if len(cands) != 1 else ''} {recall} on the task probe vs "
              f"the reference text; <strong>{len(validated)}</strong> {how}.{outcome} "
              "Click a column header to sort.</p>")
     if plt is None:
