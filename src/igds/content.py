@@ -123,3 +123,29 @@ def token_flags(tokenizer: Any, text: str, spans: Sequence[Span], ids: Sequence[
         flags = _flags_by_prefixes(tokenizer, text, spans, ids)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     return [f and t not in special for f, t in zip(flags, ids)]
+
+
+# ---------------------------------------------------------------- spans in a messages file
+SPANS_FIELD = "igds_content_spans"  # messages rows igds writes: where a templated prompt's own text is
+
+
+def spans_to_row(messages: Sequence[Mapping[str, str]], spans: Mapping[str, Sequence[Span]]) -> list[Any]:
+    """``[[message index, [[start, end], ...]], ...]`` for the messages that have content spans."""
+    return [[i, [list(s) for s in spans[m["content"]]]] for i, m in enumerate(messages) if m["content"] in spans]
+
+
+def spans_from_row(value: Any, messages: Sequence[Mapping[str, str]]) -> dict[str, list[Span]]:
+    """:func:`spans_to_row`'s value back as message text -> spans; ValueError when malformed."""
+    out: dict[str, list[Span]] = {}
+    if value is None:
+        return out
+    try:
+        for index, spans in value:
+            text = messages[index]["content"]
+            pairs = [(int(a), int(b)) for a, b in spans]
+            if any(not 0 <= a <= b <= len(text) for a, b in pairs):
+                raise ValueError("a span lies outside its message")
+            out[text] = pairs
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"expected [[message index, [[start, end], ...]], ...] ({e})") from None
+    return out

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .artifacts import atomic_write_jsonl, atomic_write_text, json_default
-from .content import Span, locate, render_template, token_flags
+from .content import SPANS_FIELD, Span, locate, render_template, spans_from_row, spans_to_row, token_flags
 from .readers import DataError, iter_records, iter_records_after
 
 DIALECTS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "fields")
@@ -351,37 +351,19 @@ def write_records(path: str | Path, examples: Iterable[Example], extra: dict[str
     return atomic_write_jsonl(path, ({**ex.record, **extra.get(ex.id, {})} for ex in examples))
 
 
-SPANS_FIELD = "igds_content_spans"  # messages rows igds writes: where a templated prompt's own text is
-
-
 def _as_messages(ex: Example) -> dict[str, Any]:
     if ex.dialect == "text":  # a text row has no conversation to write
         return {"text": ex.response}
     row: dict[str, Any] = {"messages": [*ex.messages, {"role": "assistant", "content": ex.response}]}
-    # the template's words stay out of `positions: content` when the file is read back
-    spans = [[i, [list(s) for s in ex.content_spans[m["content"]]]] for i, m in enumerate(ex.messages)
-             if m["content"] in ex.content_spans]
-    if spans:
-        row[SPANS_FIELD] = spans
-    return row
+    spans = spans_to_row(ex.messages, ex.content_spans)  # template words stay non-content when read back
+    return {**row, SPANS_FIELD: spans} if spans else row
 
 
 def _read_spans(record: dict[str, Any], messages: list[dict[str, str]], src: str, line: int) -> dict[str, list[Span]]:
-    """``[[message index, [[start, end], ...]], ...]`` back into Example.content_spans, checked."""
-    out: dict[str, list[Span]] = {}
-    value = record.get(SPANS_FIELD)
-    if value is None:
-        return out
     try:
-        for index, spans in value:
-            text = messages[index]["content"]
-            pairs = [(int(a), int(b)) for a, b in spans]
-            if any(not 0 <= a <= b <= len(text) for a, b in pairs):
-                raise ValueError("a span lies outside its message")
-            out[text] = pairs
-    except (TypeError, ValueError, IndexError, KeyError) as e:
-        raise DataError(src, line, f"expected [[message index, [[start, end], ...]], ...] ({e})", SPANS_FIELD) from None
-    return out
+        return spans_from_row(record.get(SPANS_FIELD), messages)
+    except ValueError as e:
+        raise DataError(src, line, str(e), SPANS_FIELD) from None
 
 
 def write_messages(path: str | Path, examples: Iterable[Example], extra: dict[str, dict[str, Any]] | None = None
