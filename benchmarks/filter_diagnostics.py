@@ -13,7 +13,9 @@ goes through Stage 1 once per variant, each cached in ``runs/bench/filter-diagno
   under the new keep rule (BH at q = 0.1, split-half confirmation);
 * ``all-recalled`` / ``all-random``: all positions, the central estimator; recalled vs random candidates;
 * ``content-recalled`` / ``content-random``: the same on content positions;
-* ``content-attribution``: content positions, candidates ranked by gradient attribution.
+* ``content-attribution``: content positions, candidates ranked by gradient attribution;
+* ``all-gradient``: all positions, recalled candidates, the ``gradient`` estimator (one backward
+  pass instead of two edited forwards per candidate: the cheap Stage 1).
 
 Every variant uses ``filter.on_empty: recall_only`` so that a run where nothing passes still
 reports its candidates. Per variant: candidates, how many passed BH on half A and how many half B
@@ -47,7 +49,8 @@ from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("math", "summarization", "translation", "translation-zh")
-VARIANTS = ("paper", "all-recalled", "all-random", "content-recalled", "content-random", "content-attribution")
+VARIANTS = ("paper", "all-recalled", "all-random", "content-recalled", "content-random", "content-attribution",
+            "all-gradient")
 OUT = Path("runs/bench/filter-diagnostics")
 SCORED_ROWS = 400  # the pool size the issue measures Stage 1 against
 
@@ -61,7 +64,7 @@ def variant_config(base: Any, variant: str) -> Any:
     cfg.filter = replace(cfg.filter, positions=positions, random_candidates=variant.endswith("random"),
                          on_empty="recall_only")
     if variant != "paper":
-        cfg.filter = replace(cfg.filter, estimator="central")
+        cfg.filter = replace(cfg.filter, estimator="gradient" if variant == "all-gradient" else "central")
     cfg.score = replace(cfg.score, positions=positions)
     return cfg
 

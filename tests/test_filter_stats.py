@@ -10,7 +10,7 @@ import torch
 from igds.config import FilterConfig
 from igds.data import prompt_text
 from igds.feature_set import Candidate, Effect
-from igds.features import NoFeaturesPassed, choose_validated, intervention_effects, peak_positions
+from igds.features import NoFeaturesPassed, choose_validated, intervention_effects, peak_positions, per_example_effects
 from igds.filter_stats import bh_adjust, judge, one_sided_p, split_halves, t_quantile, t_sf
 
 from planted import blank_sae, example, plant_always_on, plant_detector, tokenized
@@ -175,6 +175,27 @@ def test_central_estimator_signs_and_cancels_curvature(tiny_lm):
     # ... while the one-sided edit charges it to both: each looks worse than it is
     amplify, _ = _effects(tiny_lm, "amplify")
     assert amplify[0].effect.mean_delta + amplify[1].effect.mean_delta < -0.1 * helps
+
+
+def test_gradient_estimator_is_the_first_order_term_of_the_edits(tiny_lm):
+    layer = tiny_lm.n_layers - 1
+    sae = _planted(tiny_lm, layer)
+    val = tokenized(tiny_lm, [example(i, f"question number {i}", "zzzzzz") for i in range(16)])
+    cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in range(5)]
+
+    def effects(estimator, alpha):
+        eff, _ = per_example_effects(tiny_lm, {layer: sae}, cands, val, FilterConfig(estimator=estimator, alpha=alpha))
+        return [float(np.nanmean(eff[c.key])) for c in cands]
+
+    g = effects("gradient", 2.0)
+    assert g[0] > 0.3 and g[1] < -0.3  # helpful / harmful signs, as the edits measure them
+    assert g[0] == pytest.approx(-g[1], rel=1e-4)  # linear in the direction: W and -W exactly opposite
+    assert all(abs(x) < 0.01 * g[0] for x in g[2:])
+    # for a small step it is what the edits measure (the planted features saturate the loss at alpha=2,
+    # where the symmetric difference is far below the slope)
+    small_g, small_c = effects("gradient", 1.02), effects("central", 1.02)
+    assert small_g[0] == pytest.approx(small_c[0], rel=0.05) and small_g[1] == pytest.approx(small_c[1], rel=0.05)
+    assert small_g[0] == pytest.approx(0.02 * g[0], rel=1e-4)
 
 
 def test_bh_keeps_the_planted_feature_and_rejects_the_others(tiny_lm):

@@ -109,8 +109,10 @@ class FilterConfig:
     enabled: bool = True  # False = ablation "recall only": every candidate is kept
     validation_size: int = knob(32, ge=1)  # task examples (disjoint from the probe set)
     # per-example effect, positive = helps: central = [L(2 - alpha) - L(alpha)] / 2, a symmetric difference
-    # that cancels the loss's curvature (ours); amplify = L(1) - L(alpha), the paper's one-sided edit
-    estimator: Literal["central", "amplify"] = "central"
+    # that cancels the loss's curvature (ours); amplify = L(1) - L(alpha), the paper's one-sided edit;
+    # gradient = (alpha - 1) x the gradient attribution (ours): the first-order term, all candidates from one
+    # backward pass, no edited forwards (the cheapest; no norm guard)
+    estimator: Literal["central", "amplify", "gradient"] = "central"
     # the edit h' = h + (alpha - 1) f_j(h) W_dec[j]; central also edits at 2 - alpha (alpha=2: double vs remove).
     # On SmolLM2 + GSM8K, amplify at alpha=4 raised the reference loss for 24 of 24 candidates (BENCHMARKS.md).
     alpha: float = 2.0

@@ -25,7 +25,10 @@ effect, positive = amplifying the feature lowers the loss = it helps the task, i
   directional derivative of the loss along the feature, and the loss's curvature,
   which makes almost every feature look harmful at a one-sided alpha=2, cancels
   (method audit §3.5);
-* ``amplify`` (the paper's): ``L_i(1) - L_i(alpha)``.
+* ``amplify`` (the paper's): ``L_i(1) - L_i(alpha)``;
+* ``gradient`` (ours): ``(alpha - 1)`` times the feature's gradient attribution on the
+  example (:mod:`igds.attribution`), the first-order term of both: every candidate from one
+  forward and backward pass per batch instead of two edited forwards each (no norm guard).
 
 Which candidates are kept is decided by :mod:`igds.filter_stats` (one-sided t-test,
 Benjamini-Hochberg at ``q``, confirmation on a held-out half) in
@@ -190,6 +193,13 @@ def per_example_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[
         by_layer.setdefault(c.layer, []).append(c)
     effects = {c.key: np.full(len(validation), np.nan) for c in candidates}
     base_all = np.full(len(validation), np.nan)
+    if cfg.estimator == "gradient":  # first order, every candidate from one backward pass per batch
+        for layer, group in by_layer.items():
+            screen = attribution_screen(lm, saes[layer], layer, validation, positions=cfg.positions,
+                                        batch_tokens=batch_tokens, batch_size=batch_size)
+            for c in group:  # the derivative along the edit, scaled to the step alpha - 1 the others take
+                effects[c.key] = (cfg.alpha - 1.0) * screen.per_example[:, c.feature].astype(np.float64)
+        return effects, base_all
     batches = length_batches([len(e.ids) for e in validation], batch_tokens, batch_size)
     bar = tqdm(total=sum(len(b) for b in batches) * len(by_layer), desc="causal filter", unit="ex", leave=False)
     for layer, group in by_layer.items():
