@@ -57,8 +57,10 @@ def archive(exp: Experiment, task: str, restore: bool) -> int:
     Only results whose key matches the current settings move (a stale one never replaces a
     current one, either way); restoring replaces a stale live result. The base model's result
     moves when the other side lacks it (its key needs the features, checked when it is read)."""
+    keys = {p: exp.run_key(*p) for p in exp.plan()}  # once: each key hashes the pool and eval files
+
     def current(path: Path, plan: tuple[str, float, int] | None) -> bool:
-        return path.exists() and (plan is None or read_json(path).get("key") == exp.run_key(*plan))
+        return path.exists() and (plan is None or read_json(path).get("key") == keys[plan])
 
     pairs: list[tuple[Path, Path, tuple[str, float, int] | None]] = [
         (exp.exp_dir / "base" / "result.json", ARCHIVE / task / "base.json", None)]
@@ -142,12 +144,13 @@ def collect(task: str) -> dict[str, Any] | None:
     archive(exp, task, restore=True)
     archive(exp, task, restore=False)  # and runs/'s newer results into the archive
     runs, stale = [], []
+    keys = {p: exp.run_key(*p) for p in exp.plan()}
     for method, ratio, seed in exp.plan():
         path = exp.exp_dir / "runs" / run_id(method, ratio, seed) / "result.json"
         if path.exists():
             r = read_json(path)
             # a result made with other settings (or older code whose keys differ) is never mixed in
-            (runs if r.get("key") == exp.run_key(method, ratio, seed) else stale).append(r)
+            (runs if r.get("key") == keys[(method, ratio, seed)] else stale).append(r)
     base_path = exp.exp_dir / "base" / "result.json"
     if not runs or not base_path.exists():
         return None
