@@ -26,16 +26,21 @@ task data (IGDS's probe, the targets of dsir/bm25/embed/mona) keeps the task's f
 2026-11 (BENCHMARKS.md §2a-2d): only to show the leak, beside the ``regex`` arm.
 
 Arms (``--arms``, default all): every registered selector that runs on a pool (random,
-loss, ifd, zip, longest, dsir, bm25, embed, mona, igds, igds_recall_only,
-igds_random_candidates) and ``regex``, a sanity floor that lives here only: the number
+loss, ifd, zip, longest, dsir, bm25, igds_jaccard, embed, mona, igds, igds_recall_only,
+igds_random_candidates, igds_paper, and igds_low / igds_quota / igds_coverage, which read
+igds's own table) and ``regex``, a sanity floor that lives here only: the number
 of the task template's fixed strings a row contains (ties at random). On a leaky pool it
 finds every task row; on a template-free pool it must be at chance. Each arm selects
 50%; the table reports exact-task precision and recall, graded precision and NDCG, and
 the diagnostics of :mod:`diagnostics` (score vs ``n_tokens`` and response length;
 overlap with Loss-top, Loss-bottom and longest at the same budget).
 
+The causal filter runs with ``on_empty: recall_only``: where no feature passes, igds scores
+with the recalled ones and the notes under the table say so.
+
 Resumable: each arm's score table is cached under ``runs/bench/NAME/arms/`` keyed by the
-pool file's content and the arm's config (finished arms are skipped); fine-tuning runs
+pool file's content and the arm's config (finished arms are skipped), and archived under
+``benchmarks/results/mixed-pool-arms/NAME/`` so that a new machine skips them too; fine-tuning runs
 are cached by the experiment runner. NAME is ``mixed-<pool>-template-free``, or for
 ``--leaky`` the old name (``mixed-math``, ``mixed-math-length-matched``, ...). Writes
 ``benchmarks/results/NAME.{md,json}`` and the NAME block of BENCHMARKS.md.
@@ -61,10 +66,12 @@ import pyarrow as pa
 
 from diagnostics import NEAR, OFF, TASK, relevance_metrics, selection_diagnostics, top_indices
 from igds.artifacts import atomic_write_json, atomic_write_text, read_json, stable_hash
-from igds.config import DataConfig, check
+from igds.config import IGDS_DERIVED, DataConfig, check
 from igds.data import DataSpec, Example, load_examples, write_messages
+from igds.feature_set import FeatureSet
 from igds.experiment import (Experiment, fmt_cell, load_experiment_config, method_dir, resolve_task, run_config,
                              run_experiment)
+from igds.selectors.frs import derive_table
 from igds.inputs import read_examples, source_fingerprint
 from igds.selection import make_score_table, read_score_table, select_indices, write_score_table
 from igds.selectors import SELECTORS, SelectionContext, run_selector
@@ -73,9 +80,14 @@ from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
-IGDS_ARMS = ("igds", "igds_recall_only", "igds_random_candidates")
-ARMS = ("random", "loss", "ifd", "zip", "longest", "dsir", "bm25", "embed", "mona", *IGDS_ARMS, "regex")
-NEEDS_MODEL = {"loss", "ifd", "longest", "embed", "mona", *IGDS_ARMS}  # longest: token counts, as before
+IGDS_ARMS = ("igds", "igds_recall_only", "igds_random_candidates", "igds_paper")  # each runs Stage 1
+# igds_jaccard before embed and mona: the three share one forward pass, and igds_jaccard's screen comes first
+SAE_MEAN_ARMS = ("igds_jaccard", "embed", "mona")
+ARMS = ("random", "loss", "ifd", "zip", "longest", "dsir", "bm25", *SAE_MEAN_ARMS, *IGDS_ARMS, *IGDS_DERIVED,
+        "regex")
+NEEDS_MODEL = {"loss", "ifd", "longest", *SAE_MEAN_ARMS, *IGDS_ARMS}  # longest: token counts, as before
+# Finished arm tables travel with the repository (a few kB each), so a new machine skips them.
+ARCHIVE = ROOT / "benchmarks" / "results" / "mixed-pool-arms"
 FINETUNED = ("igds", "random")
 RATIO = 0.5
 # Training rows below this index belong to the quality benchmark's pool and feature data.
@@ -232,10 +244,12 @@ class Arms:
     """Scores the pool with each arm; every table is cached on disk, keyed by the pool file's
     content and the arm's config, so a re-run skips the finished arms."""
 
-    def __init__(self, exp: Experiment, seed: int) -> None:
+    def __init__(self, exp: Experiment, seed: int, archive: Path | None = None) -> None:
         self.exp, self.seed, self.cfg = exp, seed, exp.cfg
         self.shared: dict[Any, Any] = {}  # embed and mona share one forward pass through it
         self.dir = exp.run_dir / "arms"
+        self.folders = (self.dir, archive) if archive else (self.dir,)  # where tables are looked up and written
+        self.wall_s: dict[str, float | None] = {}  # seconds each arm's table took (when it was made)
 
     def config(self, arm: str) -> dict[str, Any]:
         """What the arm's table depends on besides the pool (the cache key's other half)."""
@@ -245,34 +259,55 @@ class Arms:
             out["seed"] = self.seed
         if arm in NEEDS_MODEL:
             out.update(model=c.igds.model.name, max_length=c.finetune.max_length, chat=c.igds.use_chat_template)
-        if arm in ("dsir", "bm25", "embed", "mona") or arm in IGDS_ARMS:
+        if arm in ("dsir", "bm25", *SAE_MEAN_ARMS) or arm in IGDS_ARMS or arm in IGDS_DERIVED:
             out["task_sha"] = source_fingerprint(self.exp.data()["task_data"].path)
-        if arm in ("embed", "mona"):
+        if arm in SAE_MEAN_ARMS:
             out["sae"] = c.igds.sae.paths
-        if arm in IGDS_ARMS:
+        if arm in IGDS_ARMS or arm in IGDS_DERIVED:
             out["igds"] = self.exp.method_key(arm, self.seed)
         if arm == "regex":
             out["fixed"] = template_fixed_strings(self.exp.the_task())
         return out
 
     def table(self, arm: str) -> pa.Table:
-        """The arm's score table, from the cache when its key matches."""
-        path = self.dir / f"{arm}.parquet"
+        """The arm's score table, from the run folder's cache or the archive when its key matches."""
         key = stable_hash({"pool": source_fingerprint(self.exp.data()["pool"].path), **self.config(arm)})
-        side = path.with_suffix(".json")
-        if path.exists() and side.exists() and read_json(side).get("key") == key:
-            return read_score_table(path)
+        for folder in self.folders:
+            path, side = folder / f"{arm}.parquet", folder / f"{arm}.json"
+            if path.exists() and side.exists() and read_json(side).get("key") == key:
+                self.wall_s[arm] = read_json(side).get("wall_s")
+                return read_score_table(path)
         print(f"mixed_pool: scoring the pool with {arm!r}", flush=True)
         t0 = time.perf_counter()
         table = self.score(arm)
-        write_score_table(path, table)
-        atomic_write_json(side, {"key": key, "arm": arm, "wall_s": round(time.perf_counter() - t0, 1)})
+        self.wall_s[arm] = round(time.perf_counter() - t0, 1)
+        side_info = {"key": key, "arm": arm, "wall_s": self.wall_s[arm], **self.stage1_facts(arm)}
+        for folder in self.folders:
+            write_score_table(folder / f"{arm}.parquet", table)
+            atomic_write_json(folder / f"{arm}.json", side_info)
         return table
+
+    def stage1_facts(self, arm: str) -> dict[str, Any]:
+        """What an IGDS arm's Stage 1 kept (its features.json), for the table's notes."""
+        if arm not in IGDS_ARMS:
+            return {}
+        fs = FeatureSet.load(method_dir(self.exp.run_dir, arm) / "features.json")
+        return {"stage1": {"n_candidates": len(fs.candidates), "validated": fs.validated,
+                           "filter_outcome": fs.info.filter_outcome, "seconds": fs.info.seconds}}
+
+    def facts(self, arm: str) -> dict[str, Any]:
+        """The side file of ``arm``'s cached table (wall time, Stage 1 facts)."""
+        for folder in self.folders:
+            if (folder / f"{arm}.json").exists():
+                return read_json(folder / f"{arm}.json")
+        return {}
 
     def score(self, arm: str) -> pa.Table:
         pool, exp = self.exp.pool(), self.exp
         if arm == "regex":
             return regex_scores(pool, template_fixed_strings(exp.the_task()), self.seed)
+        if arm in IGDS_DERIVED:  # igds's own table read another way: no Stage 1 of its own
+            return derive_table(arm, self.table("igds"), run_config(self.cfg, arm, exp.data()).select)
         options = dict(self.cfg.baselines.get(arm, {}))
         if arm == "zip":
             options.setdefault("ratio", RATIO)  # the greedy stops at the budget
@@ -346,15 +381,23 @@ def main(argv: list[str] | None = None) -> int:
     pool_path = run_dir / "data" / "mixed_pool.jsonl"
     labels = build_pool(spec, resolve_task(cfg.task), cfg.igds.pool.path, args.task_examples, n_near, n_other,
                         args.seed, pool_path, args.leaky)
-    igds = replace(cfg.igds, out=str(run_dir), pool=DataConfig(path=str(pool_path), dialect="messages"))
+    # A pool where no feature passes the causal filter still gets an igds row: scored with the
+    # recalled features, and the notes under the table say so (as in the within-task protocol).
+    igds = replace(cfg.igds, out=str(run_dir), pool=DataConfig(path=str(pool_path), dialect="messages"),
+                   filter=replace(cfg.igds.filter, on_empty="recall_only"))
     cfg = replace(cfg, name=name, igds=igds, task_format=["task_data", "validation"], methods=list(FINETUNED),
                   seeds=[args.seed])
     check(cfg)
     exp = Experiment(cfg)
     pool = exp.pool()
-    scorer = Arms(exp, args.seed)
+    scorer = Arms(exp, args.seed, archive=ARCHIVE / name)
     tables = {arm: scorer.table(arm) for arm in arms}
     rows, n_from = selection_rows(pool, labels, tables)
+    facts = {arm: scorer.facts(arm) for arm in arms}
+    for row in rows:
+        row["wall_s"] = facts[row["method"]].get("wall_s")
+        if "stage1" in facts[row["method"]]:
+            row["stage1"] = facts[row["method"]]["stage1"]
     counts = {g: sum(1 for v in labels.values() if v == g) for g in (TASK, NEAR, OFF)}
     results = {"name": name, "pool_variant": args.pool, "task": spec.task, "leaky": args.leaky,
                "length_matched": spec.length_matched, "pool": str(pool_path.relative_to(ROOT)), "n_pool": len(pool),
@@ -409,6 +452,15 @@ def write(res: dict, out: Path) -> None:
                      f"{r['graded_precision']:.3f} | {r['ndcg']:.3f} | {_num(r['rho_n_tokens'], 2)} | "
                      f"{_num(r['rho_response_chars'], 2)} | {_num(r.get('overlap_loss_top'), 2)} | "
                      f"{_num(r.get('overlap_loss_bottom'), 2)} | {_num(r.get('overlap_longest'), 2)} |")
+    stage1 = [r for r in res["selection"] if r.get("stage1")]
+    if stage1:
+        lines += ["", "Stage 1 of each IGDS arm (the derived arms igds_low / igds_quota / igds_coverage read "
+                  "igds's table):", ""]
+        for r in stage1:
+            st = r["stage1"]
+            kept = ", ".join(st["validated"][:6]) + (" ..." if len(st["validated"]) > 6 else "")
+            lines.append(f"- `{r['method']}`: {len(st['validated'])} of {st['n_candidates']} candidates scored "
+                         f"({kept or 'none'}); {st['filter_outcome'] or 'no causal filter'}")
     if "finetuned" in res:
         ft = res["finetuned"]
         metric = ft["metric"]

@@ -197,6 +197,24 @@ def test_arms_are_cached_by_pool_content_and_skipped_on_rerun(shared, tmp_path, 
         again.table("regex")  # another pool content: another key
 
 
+def test_archived_arms_are_reused_by_a_new_run_folder(shared, tmp_path, monkeypatch):
+    """A new machine has no runs/ folder: the archive (committed) spares it the finished arms."""
+    _build(shared, "math-random", tmp_path, leaky=True)
+    pool_path = tmp_path / "math-random-leaky.jsonl"
+    made = Arms(_Exp(tmp_path / "run", pool_path), seed=0, archive=tmp_path / "archive").table("regex")
+    assert (tmp_path / "archive" / "regex.json").exists()
+
+    def boom(self, arm):
+        raise AssertionError(f"{arm} re-scored")
+
+    monkeypatch.setattr(Arms, "score", boom)
+    fresh = Arms(_Exp(tmp_path / "elsewhere", pool_path), seed=0, archive=tmp_path / "archive")
+    assert fresh.table("regex").column("score").to_pylist() == made.column("score").to_pylist()
+    assert fresh.facts("regex")["wall_s"] is not None
+    with pytest.raises(AssertionError, match="regex re-scored"):  # without the archive: scored again
+        Arms(_Exp(tmp_path / "third", pool_path), seed=0).table("regex")
+
+
 def test_selection_rows_report_metrics_and_diagnostics(shared, tmp_path):
     labels, _ = _build(shared, "math-random", tmp_path, leaky=True, n_task=6, n_other=18)
     pool_path = tmp_path / "math-random-leaky.jsonl"
