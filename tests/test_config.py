@@ -124,3 +124,18 @@ def test_filter_alpha_must_amplify():
         with pytest.raises(ConfigError, match="filter.alpha"):
             load_config(None, [f"filter.alpha={alpha}"])
     assert load_config(None, ["filter.alpha=1.5"]).filter.alpha == 1.5
+
+
+def test_a_late_knob_at_its_default_leaves_cache_keys_as_they_were():
+    """filter.confirm_top came after results were archived: at its default the keys hash what they hashed
+    before (asdict without it); set away from it, it is in the key."""
+    from dataclasses import asdict
+
+    from igds.config import FilterConfig, cache_view, key_view
+
+    before = {k: v for k, v in asdict(FilterConfig()).items() if k != "confirm_top"}
+    assert key_view(FilterConfig()) == before
+    assert "confirm_top" not in cache_view(FilterConfig())
+    assert key_view(FilterConfig(confirm_top=3))["confirm_top"] == 3 == cache_view(FilterConfig(confirm_top=3))[
+        "confirm_top"]
+    assert key_view(FilterConfig(estimator="screened")) != key_view(FilterConfig())

@@ -155,12 +155,12 @@ def _planted(lm, layer):
     return sae
 
 
-def _effects(lm, estimator, min_delta=0.0):
+def _effects(lm, estimator, min_delta=0.0, **filter_options):
     layer = lm.n_layers - 1
     sae = _planted(lm, layer)
     val = tokenized(lm, [example(i, f"question number {i}", "zzzzzz") for i in range(16)])
     cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in range(5)]
-    cfg = FilterConfig(estimator=estimator, min_delta=min_delta)
+    cfg = FilterConfig(estimator=estimator, min_delta=min_delta, **filter_options)
     intervention_effects(lm, {layer: sae}, cands, val, cfg)
     return cands, cfg
 
@@ -206,6 +206,42 @@ def test_bh_keeps_the_planted_feature_and_rejects_the_others(tiny_lm):
     e = cands[0].effect
     assert e.p_adjusted < 1e-6 and e.confirmed and e.n == 8 and e.ci_low > 0.3
     assert all(c.effect.p_adjusted > 0.5 for c in cands[1:])
+
+
+def test_screened_edits_only_the_screens_best_and_matches_central_there(tiny_lm, monkeypatch):
+    """The gradient screen ranks on half A; only confirm_top candidates are edited (the harmful F1
+    and the nulls are not), their effects equal the central estimator's, and the untested ones
+    count in Benjamini-Hochberg as p = 1."""
+    import igds.features as features
+
+    edited_sets = []
+    real = features.per_example_effects
+    monkeypatch.setattr(features, "per_example_effects",
+                        lambda lm, saes, cands, *a, **k: edited_sets.append([c.key for c in cands]) or
+                        real(lm, saes, cands, *a, **k))
+    layer = tiny_lm.n_layers - 1
+    screened, cfg = _effects(tiny_lm, "screened", min_delta=0.01, confirm_top=1)
+    central, _ = _effects(tiny_lm, "central", min_delta=0.01)
+    assert edited_sets[0] == [f"L{layer}/F0"]  # the helpful feature tops the screen; nothing else is edited
+    helps, hurts, *nulls = screened
+    assert helps.effect.edited and helps.effect.screen_t > 3
+    assert not hurts.effect.edited and hurts.effect.screen_t < -3 and hurts.effect.per_example == []
+    assert helps.effect.mean_delta == pytest.approx(central[0].effect.mean_delta, rel=1e-6)
+    # BH over five, four untested: adjusted p = 5 x p on this one
+    assert helps.effect.p_adjusted == pytest.approx(min(1.0, 5 * helps.effect.p_value), rel=1e-9)
+    assert all(c.effect.p_adjusted == 1.0 and not c.effect.confirmed for c in screened[1:])
+    validated, _, _ = choose_validated(screened, cfg)
+    assert validated == [helps.key]
+    # the screen never reads the confirming half
+    a, b = split_halves(16, 0)
+    seen = []
+    real_screen = features.attribution_screen
+    monkeypatch.setattr(features, "attribution_screen",
+                        lambda lm, sae, layer, exs, **k: seen.extend(tuple(e.ids) for e in exs) or
+                        real_screen(lm, sae, layer, exs, **k))
+    _effects(tiny_lm, "screened", confirm_top=2)
+    val = [tuple(e.ids) for e in tokenized(tiny_lm, [example(i, f"question number {i}", "zzzzzz") for i in range(16)])]
+    assert sorted(seen) == sorted(val[i] for i in a) and not set(seen) & {val[i] for i in b}
 
 
 # ---------------------------------------------------------------- where a feature fires

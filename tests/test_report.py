@@ -346,3 +346,26 @@ def test_report_of_a_real_pipeline_run(tiny_lm, tmp_path: Path) -> None:
                      r'data-act="[0-9.e-]+">7</span>', page)
     assert "experiment/results.json</code> not found" in page
     _no_remote_loads(page)
+
+
+def test_screened_out_candidates_are_marked_in_the_features_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under filter.estimator=screened a candidate the gradient screen left unedited says so."""
+    from types import SimpleNamespace
+
+    import igds.report.features as report_features
+    from igds.feature_set import Candidate, Effect, FeatureInfo, FeatureSet
+
+    def effect(edited: bool, mean: float) -> Effect:
+        return Effect("ref_loss", 2.0, 8 if edited else 0, mean, 0.01, mean - 0.02, mean + 0.02,
+                      estimator="screened", p_adjusted=0.01 if edited else 1.0, confirmed=edited,
+                      screen_t=4.0 if edited else -2.0, edited=edited)
+
+    kept = Candidate("L1/F0", 1, 0, effect=effect(True, 0.2), validated=True)
+    out = Candidate("L1/F1", 1, 1, effect=effect(False, float("nan")))
+    fs = FeatureSet([kept, out], ["L1/F0"], FeatureInfo(filter={"estimator": "screened"}))
+    monkeypatch.setattr(report_features, "pyplot", lambda: None)
+    page = report_features.section_features(SimpleNamespace(features=fs))
+    assert page.count("screened out") == 2  # the intro's explanation and F1's status
+    assert re.search(r"L1/F1.*screened out</span>", page) and not re.search(r"L1/F0</a>.*?screened out</span>.*L1/F1",
+                                                                            page)
+    assert "ranked highest" in page

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 # The machinery, re-exported: callers import everything config-related from here.
-from .config_tools import (ConfigError, cache_view, check, dump_config, field_help, field_type, knob, load,
+from .config_tools import (ConfigError, cache_view, check, dump_config, field_help, field_type, key_view, knob, load,
                            parse_override, set_key, to_dict)
 
 # IGDS and its ablations run through the pipeline (features cached per method); every other
@@ -111,8 +111,10 @@ class FilterConfig:
     # per-example effect, positive = helps: central = [L(2 - alpha) - L(alpha)] / 2, a symmetric difference
     # that cancels the loss's curvature (ours); amplify = L(1) - L(alpha), the paper's one-sided edit;
     # gradient = (alpha - 1) x the gradient attribution (ours): the first-order term, all candidates from one
-    # backward pass, no edited forwards (the cheapest; no norm guard)
-    estimator: Literal["central", "amplify", "gradient"] = "central"
+    # backward pass, no edited forwards (the cheapest; no norm guard); screened = the gradient ranks the
+    # candidates on the selecting half, and the confirm_top best are measured as central (ours)
+    estimator: Literal["central", "amplify", "gradient", "screened"] = "central"
+    confirm_top: int = knob(6, ge=1, late=True)  # screened: candidates that get the edit; the rest count as p = 1
     # the edit h' = h + (alpha - 1) f_j(h) W_dec[j]; central also edits at 2 - alpha (alpha=2: double vs remove).
     # On SmolLM2 + GSM8K, amplify at alpha=4 raised the reference loss for 24 of 24 candidates (BENCHMARKS.md).
     alpha: float = 2.0

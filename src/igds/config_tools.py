@@ -8,6 +8,7 @@ optional ``problems()`` method (rules that span fields).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -27,10 +28,12 @@ class ConfigError(ValueError):
 
 
 def knob(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, cache: bool = True,
-         path: str | None = None, **bounds: float) -> Any:
+         path: str | None = None, late: bool = False, **bounds: float) -> Any:
     """A field with metadata: ``cache=False`` (does not change results), ``path`` ("data",
-    "model", "sae": local files must exist), ``ge``/``gt``/``le``/``lt`` bounds."""
-    meta = {"cache": cache, "path": path, **bounds}
+    "model", "sae": local files must exist), ``late=True`` (added after results were archived:
+    in cache keys only when set away from its default, so those results stay valid),
+    ``ge``/``gt``/``le``/``lt`` bounds."""
+    meta = {"cache": cache, "path": path, "late": late, **bounds}
     return field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -186,9 +189,24 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def cache_view(section: Any) -> dict[str, Any]:
-    """``section`` as a dict of the knobs that change results (fields without ``cache=False``)."""
+    """``section`` as a dict of the knobs that change results (fields without ``cache=False``;
+    a ``late`` knob only when it is set away from its default)."""
     return {f.name: cache_view(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
-            for f in dataclasses.fields(section) if f.metadata.get("cache", True)}
+            for f in dataclasses.fields(section) if f.metadata.get("cache", True) and not _late_default(section, f)}
+
+
+def key_view(section: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(section)`` without the ``late`` knobs left at their default: the
+    form older cache keys hashed, which a knob added since must not change."""
+    return {f.name: key_view(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else copy.deepcopy(v)
+            for f in dataclasses.fields(section) if not _late_default(section, f)}
+
+
+def _late_default(section: Any, f: dataclasses.Field) -> bool:
+    if not f.metadata.get("late"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    return getattr(section, f.name) == default
 
 
 # ====================================================================== loading

@@ -94,18 +94,22 @@ class Effect:
     ci_high: float
     base_loss: float | None = None  # mean unedited loss over the validation set
     per_example: list[float] | None = None  # the effect on every validation example with one
-    estimator: str | None = None  # "central": [L(2 - alpha) - L(alpha)] / 2; "amplify": L(1) - L(alpha)
+    estimator: str | None = None  # central / screened: [L(2 - alpha) - L(alpha)] / 2; amplify: L(1) - L(alpha)
     p_value: float | None = None  # one-sided t-test, H1 mean > min_delta, on the selecting examples
     p_adjusted: float | None = None  # Benjamini-Hochberg over all candidates
     half_a_mean: float | None = None  # mean effect on the selecting half
     half_b_mean: float | None = None  # ... and on the confirming half
     half_b_p: float | None = None  # the one-sided p on the confirming half
     confirmed: bool | None = None  # half_b_p <= q (absent without replication)
+    # estimator "screened": the gradient-attribution t on the selecting half that ranked the candidate, and
+    # whether it was among the confirm_top edited (False: untested, no per-example effect, p = 1 in BH)
+    screen_t: float | None = None
+    edited: bool | None = None
 
     KINDS = {"metric": "str", "alpha": "num", "n": "int", "mean_delta": "num", "se": "num", "ci_low": "num",
              "ci_high": "num", "base_loss": "num", "per_example": "nums", "estimator": "str", "p_value": "num",
              "p_adjusted": "num", "half_a_mean": "num", "half_b_mean": "num", "half_b_p": "num",
-             "confirmed": "bool"}
+             "confirmed": "bool", "screen_t": "num", "edited": "bool"}
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

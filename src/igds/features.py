@@ -28,7 +28,14 @@ effect, positive = amplifying the feature lowers the loss = it helps the task, i
 * ``amplify`` (the paper's): ``L_i(1) - L_i(alpha)``;
 * ``gradient`` (ours): ``(alpha - 1)`` times the feature's gradient attribution on the
   example (:mod:`igds.attribution`), the first-order term of both: every candidate from one
-  forward and backward pass per batch instead of two edited forwards each (no norm guard).
+  forward and backward pass per batch instead of two edited forwards each (no norm guard);
+* ``screened`` (ours): the gradient attribution ranks the candidates on the selecting half
+  of the validation examples (all of them without replication), and only the
+  ``confirm_top`` best get the ``central`` edit on every validation example; the others
+  are left untested (no per-example effect: p = 1 in Benjamini-Hochberg, which still
+  counts them). The confirming half never takes part in the screen, so its test stays
+  independent of both selections. Cost: one forward and backward pass over half the
+  examples plus ``2 * confirm_top`` edited forwards per example, instead of two per candidate.
 
 Which candidates are kept is decided by :mod:`igds.filter_stats` (one-sided t-test,
 Benjamini-Hochberg at ``q``, confirmation on a held-out half) in
@@ -63,7 +70,7 @@ from .attribution import attribution_screen
 from .config import FilterConfig, RecallConfig
 from .data import TokenizedExample
 from .feature_set import Candidate, Effect, FeatureInfo, FeatureSet, SampleInfo, feature_key
-from .filter_stats import judge
+from .filter_stats import judge, split_halves
 from .intervention import edit_losses
 from .losses import target_mask
 from .model import LoadedModel, pad_id
@@ -180,19 +187,43 @@ class NoFeaturesPassed(RuntimeError):
     """The causal filter kept no candidate and ``filter.on_empty`` is ``stop``."""
 
 
+def _by_layer(candidates: Sequence[Candidate]) -> dict[int, list[Candidate]]:
+    out: dict[int, list[Candidate]] = {}
+    for c in candidates:
+        out.setdefault(c.layer, []).append(c)
+    return out
+
+
+def screen_candidates(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
+                      validation: Sequence[TokenizedExample], cfg: FilterConfig, seed: int = 0,
+                      batch_tokens: int = 4096, batch_size: int = 16) -> tuple[list[Candidate], dict[str, float]]:
+    """The ``screened`` estimator's first step: each candidate's gradient-attribution t on the
+    selecting half (:func:`igds.filter_stats.split_halves` with ``seed``; every example without
+    replication), and the ``cfg.confirm_top`` candidates with the largest t (ties by key)."""
+    rows = split_halves(len(validation), seed)[0] if cfg.replication else np.arange(len(validation))
+    selecting = [validation[i] for i in rows]
+    t: dict[str, float] = {}
+    for layer, group in _by_layer(candidates).items():
+        screen = attribution_screen(lm, saes[layer], layer, selecting, positions=cfg.positions,
+                                    batch_tokens=batch_tokens, batch_size=batch_size)
+        t.update({c.key: float(screen.t[c.feature]) for c in group})
+    chosen = sorted(candidates, key=lambda c: (-t[c.key], c.key))[: cfg.confirm_top]
+    return chosen, t
+
+
 def per_example_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
                         validation: Sequence[TokenizedExample], cfg: FilterConfig, batch_tokens: int = 4096,
                         batch_size: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each candidate's effect per validation example (``cfg.estimator``; positive = helps), and
-    the unedited losses. NaN where an example has no loss token."""
+    """Each candidate's effect per validation example (``cfg.estimator``, ``screened`` measuring
+    the candidates it is given as ``central`` does; positive = helps), and the unedited losses.
+    NaN where an example has no loss token."""
     fill = pad_id(lm.tokenizer)
     special = list(getattr(lm.tokenizer, "all_special_ids", []) or [])
-    alphas = (cfg.alpha, 2.0 - cfg.alpha) if cfg.estimator == "central" else (cfg.alpha,)
-    by_layer: dict[int, list[Candidate]] = {}
-    for c in candidates:
-        by_layer.setdefault(c.layer, []).append(c)
+    central = cfg.estimator in ("central", "screened")
+    alphas = (cfg.alpha, 2.0 - cfg.alpha) if central else (cfg.alpha,)
     effects = {c.key: np.full(len(validation), np.nan) for c in candidates}
     base_all = np.full(len(validation), np.nan)
+    by_layer = _by_layer(candidates)
     if cfg.estimator == "gradient":  # first order, every candidate from one backward pass per batch
         for layer, group in by_layer.items():
             screen = attribution_screen(lm, saes[layer], layer, validation, positions=cfg.positions,
@@ -216,8 +247,7 @@ def per_example_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list[
             base_all[idx] = base_np
             for k, c in enumerate(group):
                 amplified = losses_np[k, 0]
-                effects[c.key][idx] = (losses_np[k, 1] - amplified) / 2 if cfg.estimator == "central" \
-                    else base_np - amplified
+                effects[c.key][idx] = (losses_np[k, 1] - amplified) / 2 if central else base_np - amplified
             bar.update(len(idx))
     bar.close()
     return effects, base_all
@@ -228,7 +258,11 @@ def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list
                          batch_tokens: int = 4096, batch_size: int = 16) -> None:
     """Fill each candidate's ``effect``: the per-example effects and their tests (:func:`igds.filter_stats.judge`,
     halves split by ``seed``)."""
-    effects, base = per_example_effects(lm, saes, candidates, validation, cfg, batch_tokens, batch_size)
+    edited, screen_t = candidates, {}
+    if cfg.estimator == "screened":  # only the screen's best get edited; the rest stay NaN (untested)
+        edited, screen_t = screen_candidates(lm, saes, candidates, validation, cfg, seed, batch_tokens, batch_size)
+    measured, base = per_example_effects(lm, saes, edited, validation, cfg, batch_tokens, batch_size)
+    effects = {c.key: measured.get(c.key, np.full(len(validation), np.nan)) for c in candidates}
     verdicts = judge([effects[c.key] for c in candidates], cfg.q, cfg.min_delta, cfg.replication, seed)
     base_loss = float(np.nanmean(base)) if np.isfinite(base).any() else None
     for c, v in zip(candidates, verdicts):
@@ -237,7 +271,8 @@ def intervention_effects(lm: LoadedModel, saes: dict[int, SAE], candidates: list
         c.effect = Effect("ref_loss", cfg.alpha, e.n, e.mean, e.se, e.ci_low, e.ci_high, base_loss=base_loss,
                           per_example=[round(float(x), 6) for x in d[~np.isnan(d)]], estimator=cfg.estimator,
                           p_value=v.p_value, p_adjusted=v.p_adjusted, half_a_mean=v.half_a_mean,
-                          half_b_mean=v.half_b_mean, half_b_p=v.half_b_p, confirmed=v.confirmed)
+                          half_b_mean=v.half_b_mean, half_b_p=v.half_b_p, confirmed=v.confirmed,
+                          screen_t=screen_t.get(c.key), edited=c.key in measured if screen_t else None)
 
 
 def passes(effect: Effect, q: float) -> bool:
@@ -291,9 +326,7 @@ def peak_positions(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candi
     The share counts the peaks that are not content (:mod:`igds.content`: system prompt,
     chat template, a prompt_template's words) among those whose example knows its content;
     None when none does or the feature never fires."""
-    by_layer: dict[int, list[Candidate]] = {}
-    for c in candidates:
-        by_layer.setdefault(c.layer, []).append(c)
+    by_layer = _by_layer(candidates)
     # per candidate: (activation, token id, content flag: 1 content, 0 template, -1 unknown) of its best positions
     best = {c.key: np.zeros((0, 3)) for c in candidates}
     for batch in iter_activation_batches(lm, probe, list(by_layer), "all"):

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, stable_hash
 from ..config import (DATA_SECTIONS, IGDS_DERIVED, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
-                      RunConfig, cache_view, check, dump_config, load_config, with_preset)
+                      RunConfig, cache_view, check, dump_config, key_view, load_config, with_preset)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..feature_set import FeatureSet
@@ -246,7 +246,7 @@ class Experiment:
             rc = run_config(c, method, self.data())
             # sections in full (as before cache_view existed), so that existing experiments stay cached
             return {"sae": asdict(rc.sae), "task_data": asdict(rc.task_data), "validation": asdict(rc.validation),
-                    "reference": asdict(rc.reference), "recall": asdict(rc.recall), "filter": asdict(rc.filter),
+                    "reference": asdict(rc.reference), "recall": key_view(rc.recall), "filter": key_view(rc.filter),
                     "score": cache_view(rc.score),
                     "task_sha": source_fingerprint(rc.task_data.path) if rc.task_data.path else None,
                     "validation_sha": source_fingerprint(rc.validation.path) if rc.validation.path else None,

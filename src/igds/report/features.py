@@ -137,8 +137,10 @@ def section_features(d: RunData) -> str:
         kept = c.key in validated
         ci = (f"[{fmt(eff.ci_low, '+.2g')}, {fmt(eff.ci_high, '+.2g')}]"
               if eff is not None and math.isfinite(eff.ci_low) else "—")
+        screened_out = eff is not None and eff.edited is False
         status = ('<td data-v="1"><span class="pill kept">kept</span></td>' if kept else
-                  '<td data-v="0"><span class="pill dropped">dropped</span></td>')
+                  f'<td data-v="0"><span class="pill dropped">{"screened out" if screened_out else "dropped"}'
+                  '</span></td>')
         anchor = f'<a href="#card-{esc(c.key).replace("/", "-")}">{esc(c.key)}</a>' if kept else esc(c.key)
         body.append(f"<tr><td data-v='{esc(c.key)}'>{anchor}</td>{td(c.layer, 'd')}"
                     f"{td(c.task_freq, '.3f')}{td(c.ref_freq, '.3f')}{td(c.enrichment, '.2f')}"
@@ -156,7 +158,9 @@ def section_features(d: RunData) -> str:
                             f"{esc(json.dumps(settings, indent=2, ensure_ascii=False))}</pre></details>")
     tested = any(c.effect is not None for c in cands)
     estimator = (f.info.filter or {}).get("estimator", "amplify")
-    edit = "removing vs doubling it" if estimator == "central" else "amplifying it"
+    edit = {"central": "removing vs doubling it", "gradient": "its gradient attribution",
+            "screened": "removing vs doubling it, for the candidates its gradient attribution ranked highest; "
+                        "the others are marked screened out"}.get(estimator, "amplifying it")
     how = (f"kept as scoring features (causal test: the reference loss under {edit})" if tested else
            "kept without an interventional test (the causal filter was off)")
     outcome = f" Filter: {esc(f.info.filter_outcome)}." if f.info.filter_outcome else ""
