@@ -15,7 +15,10 @@ goes through Stage 1 once per variant, each cached in ``runs/bench/filter-diagno
 * ``content-recalled`` / ``content-random``: the same on content positions;
 * ``content-attribution``: content positions, candidates ranked by gradient attribution;
 * ``all-gradient``: all positions, recalled candidates, the ``gradient`` estimator (one backward
-  pass instead of two edited forwards per candidate: the cheap Stage 1).
+  pass instead of two edited forwards per candidate: the cheap Stage 1);
+* ``all-screened`` / ``content-screened`` / ``content-screened-random``: the ``screened``
+  estimator (the gradient ranks the candidates on half A, the best ``confirm_top`` get the central
+  edit), on all or content positions; recalled vs random candidates.
 
 Every variant uses ``filter.on_empty: recall_only`` so that a run where nothing passes still
 reports its candidates. Per variant: candidates, how many passed BH on half A and how many half B
@@ -23,7 +26,8 @@ confirmed, the template share of the candidates' peak tokens (mean over candidat
 validated ones), the split-half reliability of the effects (Pearson r of half A's and half B's
 mean effect across candidates), and Stage 1's wall time; per task, the wall time of scoring 400
 task rows with the ``content-recalled`` features. Writes ``benchmarks/results/filter_diagnostics.{md,json}``
-and the BENCHMARKS.md block ``filter-diagnostics``.
+and the BENCHMARKS.md block ``filter-diagnostics``. That JSON is also where a new machine starts
+from: the summaries of tasks and variants it does not re-run are kept from it.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from splice import splice
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("math", "summarization", "translation", "translation-zh")
 VARIANTS = ("paper", "all-recalled", "all-random", "content-recalled", "content-random", "content-attribution",
-            "all-gradient")
+            "all-gradient", "all-screened", "content-screened", "content-screened-random")
+RESULTS = ROOT / "benchmarks" / "results" / "filter_diagnostics.json"
 OUT = Path("runs/bench/filter-diagnostics")
 SCORED_ROWS = 400  # the pool size the issue measures Stage 1 against
 
@@ -64,7 +69,8 @@ def variant_config(base: Any, variant: str) -> Any:
     cfg.filter = replace(cfg.filter, positions=positions, random_candidates=variant.endswith("random"),
                          on_empty="recall_only")
     if variant != "paper":
-        cfg.filter = replace(cfg.filter, estimator="gradient" if variant == "all-gradient" else "central")
+        estimator = "gradient" if variant == "all-gradient" else "screened" if "screened" in variant else "central"
+        cfg.filter = replace(cfg.filter, estimator=estimator)
     cfg.score = replace(cfg.score, positions=positions)
     return cfg
 
@@ -114,7 +120,7 @@ def run_task(task: str, variants: list[str]) -> dict[str, Any]:
     base = run_config(exp.cfg, "igds", exp.data())
     saes = load_saes(base, exp.model())
     path = OUT / task / "summary.json"
-    out = read_json(path) if path.exists() else {}
+    out = read_json(path) if path.exists() else archived().get(task, {})
     for variant in variants:
         cfg = variant_config(base, variant)
         run_dir = OUT / task / variant
@@ -126,6 +132,11 @@ def run_task(task: str, variants: list[str]) -> dict[str, Any]:
         atomic_write_json(path, out)
         print(f"filter diagnostics: {task} {variant}: {out[variant]['outcome']}")
     return out
+
+
+def archived() -> dict[str, Any]:
+    """The committed results: what an earlier machine measured."""
+    return read_json(RESULTS) if RESULTS.exists() else {}
 
 
 def _f(v: Any, fmt: str = ".2f") -> str:
@@ -164,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
             for variant in VARIANTS:  # summaries are re-read from each variant's features.json
                 if (OUT / task / variant / "features.json").exists():
                     results[task][variant] = summarize(FeatureSet.load(OUT / task / variant / "features.json"))
+        elif task in archived():
+            results[task] = archived()[task]
     if not results:
         print("nothing to collect")
         return 1
     text = table(results)
     atomic_write_text(ROOT / "benchmarks" / "results" / "filter_diagnostics.md",
                       "# Stage 1 diagnostics (`python benchmarks/filter_diagnostics.py`)\n\n" + text + "\n")
-    atomic_write_json(ROOT / "benchmarks" / "results" / "filter_diagnostics.json", results)
+    atomic_write_json(RESULTS, results)
     splice("filter-diagnostics", text)
     return 0
 
