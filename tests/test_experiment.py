@@ -220,7 +220,8 @@ def test_igds_methods_amplification_and_report(tiny_lm, tmp_path):
         assert r["n_train"] == 6
         assert isinstance(r["feature_amplification"], float) and math.isfinite(r["feature_amplification"])
         assert r["task_gain"] is not None
-        assert (run_dir / "experiment" / "runs" / r["run"] / "finetune" / "adapter" / "adapter_config.json").exists()
+        trained = r.get("same_training_as", r["run"])  # igds_recall_only may pick igds's rows: one training
+        assert (run_dir / "experiment" / "runs" / trained / "finetune" / "adapter" / "adapter_config.json").exists()
     base = json.loads((run_dir / "experiment" / "base" / "result.json").read_text())
     assert len(base["feature_acts"]) == len(fs["validated"])
     assert res["correlation"]["n"] == 3
@@ -273,3 +274,30 @@ def test_equal_steps_refuses_an_explicit_step_count():
     with pytest.raises(ConfigError, match="equal_steps"):
         FinetuneConfig(equal_steps=True, max_steps=10)
     assert FinetuneConfig(epochs=2, batch_size=4).steps_for(10) == 6  # ceil(10/4)=3 batches x 2 epochs
+
+
+def test_an_arm_with_the_same_training_rows_reuses_its_twins_run(setup, monkeypatch):
+    """Same rows, order, seed and recipe give the same model: the second arm is not trained again
+    (igds with no feature passing and on_empty=recall_only is igds_recall_only). Other seeds train."""
+    cfg, calls, lm = setup
+    real = runner.Experiment.table
+    monkeypatch.setattr(runner.Experiment, "table",
+                        lambda self, method, seed: real(self, "longest" if method == "random" else method, seed))
+    cfg.methods = ["longest", "random"]
+    res = ex.run_experiment(cfg, lm=lm)
+    assert [c.parent.name for c in calls] == ["longest-r0.5-s0", "longest-r0.5-s1"]
+    by = {r["run"]: r for r in res["runs"]}
+    for seed in (0, 1):
+        twin, reused = by[f"longest-r0.5-s{seed}"], by[f"random-r0.5-s{seed}"]
+        assert reused["same_training_as"] == twin["run"] and reused["metrics"] == twin["metrics"]
+        assert reused["method"] == "random" and reused["finetune_seconds"] == 0.0 < twin["finetune_seconds"]
+        on_disk = json.loads((Path(cfg.igds.out) / "experiment" / "runs" / reused["run"] / "result.json").read_text())
+        assert on_disk["same_training_as"] == twin["run"] and on_disk["key"] != twin.get("key")
+    # a different selection is trained (its runs removed: run keys assume a method's table is its own)
+    monkeypatch.setattr(runner.Experiment, "table", real)
+    for seed in (0, 1):
+        (Path(cfg.igds.out) / "experiment" / "runs" / f"random-r0.5-s{seed}" / "result.json").unlink()
+    calls.clear()
+    res = ex.run_experiment(cfg, lm=lm)
+    assert sorted(c.parent.name for c in calls) == ["random-r0.5-s0", "random-r0.5-s1"]
+    assert not any("same_training_as" in r for r in res["runs"])

@@ -97,6 +97,8 @@ def build_results(cfg: ExperimentConfig, metric: str, base: dict[str, Any], runs
         row["finetune_seconds"] = (r.get("finetune") or {}).get("seconds")
         row["finetune_steps"] = (r.get("finetune") or {}).get("steps")
         row["steps_mode"] = r.get("steps_mode", "epochs")  # runs from before equal_steps trained fixed epochs
+        if r.get("same_training_as"):  # trained on the same rows as that run: its model and metrics
+            row["same_training_as"] = r["same_training_as"]
         rows.append(row)
     summary = summarize(rows, metric)
     corr = correlation([r["feature_amplification"] for r in rows], [r["task_gain"] for r in rows])

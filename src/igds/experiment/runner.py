@@ -414,6 +414,18 @@ class Experiment:
         ft_cfg = replace(self.cfg.finetune, seed=seed)
         if ft_cfg.equal_steps:  # Full's step count for every arm: selections compared at equal compute
             ft_cfg = replace(ft_cfg, equal_steps=False, max_steps=ft_cfg.steps_for(len(pool)))
+        # same rows in the same order, same seed and recipe: the same model (e.g. igds when no feature passes
+        # the filter and on_empty=recall_only is igds_recall_only); its twin's metrics stand for it
+        train_key = stable_hash({"ids": [e.id for e in selected], "finetune": cache_view(ft_cfg), "data": self.data_key(),
+                                 "eval": self.eval_key(), "amplification": asdict(self.cfg.amplification)})
+        twin = next((r for r in map(read_json, sorted(self.exp_dir.glob("runs/*/result.json")))
+                     if r.get("train_key") == train_key and r["run"] != rid), None)
+        if twin is not None:
+            print(f"experiment: {rid}: the same training run as {twin['run']}; reusing its results")
+            res = {**twin, "key": key, "run": rid, "method": method, "ratio": ratio, "same_training_as": twin["run"],
+                   "finetune": {**twin["finetune"], "seconds": 0.0}, "eval_seconds": 0.0}  # nothing ran for it
+            atomic_write_json(path, res)
+            return res
         print(f"experiment: {rid}: fine-tuning on {len(selected)} examples"
               + (f" for {ft_cfg.max_steps} steps (equal_steps)" if ft_cfg.max_steps > 0 else ""))
         trained = train_model(self.model(), selected, ft_cfg, rdir / "finetune")
@@ -425,7 +437,8 @@ class Experiment:
         del trained.lm
         gc.collect()
         flat = flatten_metrics(metrics)
-        res = {"key": key, "run": rid, "method": method, "ratio": ratio, "seed": seed, "n_train": len(selected),
+        res = {"key": key, "train_key": train_key, "run": rid, "method": method, "ratio": ratio, "seed": seed,
+               "n_train": len(selected),
                "metrics_by_eval": metrics, "metrics": flat,
                **amplification(base.get("feature_acts"), acts, self.cfg.amplification.eps),
                "finetune": {k: trained.stats.get(k) for k in ("steps", "train_loss", "seconds", "tokens_per_s",
