@@ -53,6 +53,35 @@ def test_attribution_equals_the_finite_difference_of_the_edit(tiny_lm, positions
     assert np.all(screen.per_example[:, dead] == 0)  # a feature that never fires has no effect
 
 
+def test_norm_guard_leaves_out_the_positions_the_edit_skips(tiny_lm):
+    """With a norm guard the attribution is still the derivative of Stage 1b's edit, which then skips
+    the high-norm positions; a guard that catches nothing changes nothing."""
+    from igds.intervention import edit_losses, editable_positions
+    from igds.activations import residuals
+
+    sae = blank_sae(tiny_lm, 2)
+    plant_always_on(sae, 2, 3.0)
+    exs = tokenized(tiny_lm, TASK)
+    ids, mask = pad(exs, tiny_lm.tokenizer.pad_token_id)
+    target = target_mask(exs, ids.shape[1], "response")
+    special = list(tiny_lm.tokenizer.all_special_ids)
+    edit = count_mask(exs, ids.shape[1], "all", special_ids=special, input_ids=ids)
+    h = residuals(tiny_lm, ids, mask, [2])[2]
+    guard = 1.02  # just above the median norm: drops a good share of the positions
+    kept = editable_positions(h, ids, mask, edit, special, guard)
+    assert 0 < kept.sum() < edit.sum()
+    eps = 3e-3
+    _, out = edit_losses(tiny_lm, sae, 2, [(2, 1 - eps), (2, 1 + eps)], ids, mask, target, edit,
+                         special_ids=special, norm_guard=guard)
+    fd = ((out[0] - out[1]) / (2 * eps)).numpy()
+    guarded = attribution_screen(tiny_lm, sae, 2, exs, positions="all", norm_guard=guard)
+    np.testing.assert_allclose(guarded.per_example[:, 2], fd, rtol=0, atol=5e-3 * np.abs(fd).max())
+    plain = attribution_screen(tiny_lm, sae, 2, exs, positions="all")
+    assert np.abs(plain.per_example[:, 2] - guarded.per_example[:, 2]).max() > 0.05 * np.abs(fd).max()
+    np.testing.assert_array_equal(attribution_screen(tiny_lm, sae, 2, exs, positions="all", norm_guard=1e9).per_example,
+                                  plain.per_example)
+
+
 def test_helpful_feature_positive_harmful_negative(tiny_lm):
     """At the last block, writing the unembedding row of "7" raises the logit of the response's sevens
     (a lower loss) and writing its negative lowers it: the first gets a positive attribution, the second

@@ -43,6 +43,7 @@ from torch import nn
 
 from .activations import block_hidden, count_mask, length_batches, pad, to_device
 from .data import TokenizedExample
+from .intervention import editable_positions
 from .losses import masked_losses, target_mask
 from .model import LoadedModel, pad_id
 from .sae import SAE
@@ -126,11 +127,13 @@ def decoder_directions(sae: SAE) -> torch.Tensor:
 
 def attribution_screen(lm: LoadedModel, sae: SAE, layer: int, examples: Sequence[TokenizedExample],
                        positions: str = "content", batch_tokens: int = 4096, batch_size: int = 16,
-                       chunk_tokens: int = 4096) -> Screen:
+                       chunk_tokens: int = 4096, norm_guard: float | None = None) -> Screen:
     """Attribution (module docstring) of every feature of ``sae`` on each of ``examples``.
 
-    ``batch_tokens`` / ``batch_size`` bound each forward and backward (padded tokens,
-    examples); ``chunk_tokens`` bounds the (tokens, d_sae) code computed at once."""
+    ``norm_guard`` leaves out the positions the edit would skip (:func:`igds.intervention.editable_positions`:
+    residual norm above that multiple of the example's median). ``batch_tokens`` / ``batch_size``
+    bound each forward and backward (padded tokens, examples); ``chunk_tokens`` bounds the
+    (tokens, d_sae) code computed at once."""
     lm.check_layer(layer)
     if sae.layer is not None and sae.layer != layer:
         raise ValueError(f"the SAE reads layer {sae.layer}, not layer {layer}")
@@ -149,7 +152,10 @@ def attribution_screen(lm: LoadedModel, sae: SAE, layer: int, examples: Sequence
             scored = torch.isfinite(losses)
             grad = torch.autograd.grad(losses[scored].sum(), store["h"])[0] if scored.any() \
                 else torch.zeros_like(store["h"])
-        attr = _batch_attribution(sae, directions, store["h"].detach(), grad, counted, chunk_tokens)
+        h = store["h"].detach()
+        if norm_guard is not None:  # the sinks the edit never touches: their linearisation says nothing about it
+            counted = editable_positions(h, ids, mask, counted, special, norm_guard)
+        attr = _batch_attribution(sae, directions, h, grad, counted, chunk_tokens)
         attr[~scored] = float("nan")
         out[idx] = attr.cpu().numpy()
     return Screen.of(out, layer, positions)

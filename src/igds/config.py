@@ -111,7 +111,7 @@ class FilterConfig:
     # per-example effect, positive = helps: central = [L(2 - alpha) - L(alpha)] / 2, a symmetric difference
     # that cancels the loss's curvature (ours); amplify = L(1) - L(alpha), the paper's one-sided edit;
     # gradient = (alpha - 1) x the gradient attribution (ours): the first-order term, all candidates from one
-    # backward pass, no edited forwards (the cheapest; no norm guard); screened = the gradient ranks the
+    # backward pass, no edited forwards (the cheapest); screened = the gradient ranks the
     # candidates on the selecting half, and the confirm_top best are measured as central (ours)
     estimator: Literal["central", "amplify", "gradient", "screened"] = "central"
     confirm_top: int = knob(6, ge=1, late=True)  # screened: candidates that get the edit; the rest count as p = 1

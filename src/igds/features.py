@@ -28,7 +28,7 @@ effect, positive = amplifying the feature lowers the loss = it helps the task, i
 * ``amplify`` (the paper's): ``L_i(1) - L_i(alpha)``;
 * ``gradient`` (ours): ``(alpha - 1)`` times the feature's gradient attribution on the
   example (:mod:`igds.attribution`), the first-order term of both: every candidate from one
-  forward and backward pass per batch instead of two edited forwards each (no norm guard);
+  forward and backward pass per batch instead of two edited forwards each;
 * ``screened`` (ours): the gradient attribution ranks the candidates on the selecting half
   of the validation examples (all of them without replication), and only the
   ``confirm_top`` best get the ``central`` edit on every validation example; the others
@@ -205,7 +205,7 @@ def screen_candidates(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Ca
     t: dict[str, float] = {}
     for layer, group in _by_layer(candidates).items():
         screen = attribution_screen(lm, saes[layer], layer, selecting, positions=cfg.positions,
-                                    batch_tokens=batch_tokens, batch_size=batch_size)
+                                    norm_guard=cfg.norm_guard, batch_tokens=batch_tokens, batch_size=batch_size)
         t.update({c.key: float(screen.t[c.feature]) for c in group})
     chosen = sorted(candidates, key=lambda c: (-t[c.key], c.key))[: cfg.confirm_top]
     return chosen, t
@@ -376,7 +376,8 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
     attribution = None
     if recall.method == "attribution" and not filt.random_candidates:
         # where the filter will edit: the screen ranks features by the same edit, to first order
-        attribution = {L: attribution_screen(lm, sae, L, probe, positions=filt.positions).t for L, sae in saes.items()}
+        attribution = {L: attribution_screen(lm, sae, L, probe, positions=filt.positions,
+                                             norm_guard=filt.norm_guard).t for L, sae in saes.items()}
     ranked, table = recall_candidates(task_stats, ref_stats, recall, attribution)
     if stats_path is not None:
         atomic_write_parquet(stats_path, table)
