@@ -196,5 +196,8 @@ def test_pool_wide_combination_is_computed_over_every_shard(tiny_lm, planted, tm
     np.testing.assert_allclose(sharded.column("score").to_numpy(), expected, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(whole.column("score").to_numpy(), expected, rtol=1e-5, atol=1e-6)
     assert table_meta(sharded)["weights"] == {"L1/F5": pytest.approx(2 / 3), "L1/F2": pytest.approx(1 / 3)}
+    shards = sorted((tmp_path / "a").rglob("shard-*.parquet"))
+    assert len(shards) == 4  # each leaves the pool-wide score to the assembly, not a z-score of its own rows
+    assert all(np.isnan(pq.read_table(p).column("score").to_numpy()).all() for p in shards)
     n_resonant = sum(r["resonant"] for r in rows)
     assert all(rows[i]["resonant"] for i in select_indices(sharded, budget=n_resonant))

@@ -80,7 +80,6 @@ class FeatureScorer:
         self.columns = {L: [i for i, c in enumerate(self.features) if c.layer == L] for L in self.layers}
         self.ids = {L: [self.features[i].feature for i in cols] for L, cols in self.columns.items()}
         self.scale = np.array([(1.0 if c.scale is None else c.scale) if cfg.normalize else 1.0 for c in self.features])
-        self.weights = effect_weights(self.features) if cfg.combine in POOL_COMBINATIONS else None
 
     def tokenize(self, examples: Sequence[Example]) -> tuple[list[Any], int]:
         toks = [tokenize_example(self.lm.tokenizer, ex, self.cfg.max_length, self.use_chat_template)
@@ -155,7 +154,10 @@ class FeatureScorer:
         """A score table for ``examples`` (indices from ``start_index``), top windows, truncated count."""
         out = self.activations(examples)
         norm = out["acts"] / np.where(self.scale > 0, self.scale, 1.0)
-        score = combine_scores(norm, self.cfg.combine, self.weights)
+        # zscore / rank need the whole pool's statistics: a shard leaves the score empty (NaN) and
+        # the assembly fills it from the f: columns (a per-shard z-score would be a different number)
+        score = np.full(len(examples), np.nan) if self.cfg.combine in POOL_COMBINATIONS else \
+            combine_scores(norm, self.cfg.combine)
         table = make_score_table([e.id for e in examples], score, out["n_tokens"],
                                  extra={f"f:{k}": norm[:, i] for i, k in enumerate(self.keys)},
                                  start_index=start_index)
