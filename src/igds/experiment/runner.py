@@ -416,8 +416,9 @@ class Experiment:
             ft_cfg = replace(ft_cfg, equal_steps=False, max_steps=ft_cfg.steps_for(len(pool)))
         # same rows in the same order, same seed and recipe: the same model (e.g. igds when no feature passes
         # the filter and on_empty=recall_only is igds_recall_only); its twin's metrics stand for it
-        train_key = stable_hash({"ids": [e.id for e in selected], "finetune": cache_view(ft_cfg), "data": self.data_key(),
-                                 "eval": self.eval_key(), "amplification": asdict(self.cfg.amplification)})
+        train_key = stable_hash({"ids": [e.id for e in selected], "finetune": cache_view(ft_cfg),
+                                 "data": self.data_key(), "eval": self.eval_key(),
+                                 "amplification": asdict(self.cfg.amplification)})
         twin = next((r for r in map(read_json, sorted(self.exp_dir.glob("runs/*/result.json")))
                      if r.get("train_key") == train_key and r["run"] != rid), None)
         if twin is not None:
