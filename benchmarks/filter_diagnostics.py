@@ -66,8 +66,8 @@ def variant_config(base: Any, variant: str) -> Any:
     positions = "content" if variant.startswith("content") else "all"
     cfg.recall = replace(cfg.recall, positions=positions,
                          method="attribution" if variant == "content-attribution" else "frequency")
-    cfg.filter = replace(cfg.filter, positions=positions, random_candidates=variant.endswith("random"),
-                         on_empty="recall_only")
+    cfg.filter = replace(cfg.filter, enabled=True, positions=positions, on_empty="recall_only",
+                         random_candidates=variant.endswith("random"))
     if variant != "paper":
         estimator = "gradient" if variant == "all-gradient" else "screened" if "screened" in variant else "central"
         cfg.filter = replace(cfg.filter, estimator=estimator)

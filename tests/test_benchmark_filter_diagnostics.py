@@ -22,6 +22,9 @@ def test_variant_settings(variant, positions, estimator, random, recall):
     assert (cfg.recall.positions, cfg.filter.positions, cfg.score.positions) == (positions,) * 3
     assert cfg.filter.estimator == estimator and cfg.filter.random_candidates is random
     assert cfg.recall.method == recall and cfg.filter.on_empty == "recall_only"
+    off = RunConfig()
+    off.filter.enabled = False  # whatever the default, every variant runs the filter it is about
+    assert fd.variant_config(off, variant).filter.enabled
 
 
 def test_tasks_not_run_here_keep_their_archived_rows(tmp_path, monkeypatch):
