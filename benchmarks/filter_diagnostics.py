@@ -33,6 +33,7 @@ from: the summaries of tasks and variants it does not re-run are kept from it.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -143,6 +144,27 @@ def _f(v: Any, fmt: str = ".2f") -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
+    """One-sided Fisher exact p that group A's share a/n_a exceeds group B's b/n_b: the
+    hypergeometric probability of A holding at least ``a`` of the ``a + b`` successes."""
+    total, hits = n_a + n_b, a + b
+    tail = sum(math.comb(n_a, k) * math.comb(n_b, hits - k) for k in range(a, min(n_a, hits) + 1))
+    return tail / math.comb(total, hits)
+
+
+def pooled_recalled_vs_random(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The filter-default rule (BENCHMARKS.md): kept recalled vs random candidates at all positions, pooled."""
+    tasks = [t for t, r in results.items() if r.get("all-recalled") and r.get("all-random")]
+    if not tasks:
+        return None
+    a = sum(results[t]["all-recalled"]["confirmed"] for t in tasks)
+    n_a = sum(results[t]["all-recalled"]["candidates"] for t in tasks)
+    b = sum(results[t]["all-random"]["confirmed"] for t in tasks)
+    n_b = sum(results[t]["all-random"]["candidates"] for t in tasks)
+    return {"tasks": tasks, "recalled": a, "n_recalled": n_a, "random": b, "n_random": n_b,
+            "p": fisher_greater(a, n_a, b, n_b)}
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| task | variant | candidates | pass BH (half A) | kept (BH on A, confirmed on B) | template share, "
              "candidates | template share, kept | split-half r | same sign on both halves | Stage 1 s |",
@@ -157,6 +179,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                              f"{_f(r['seconds'], '.0f')} |")
     lines += ["", "Scoring 400 task rows with the content-recalled features (s): " +
               ", ".join(f"{t} {_f(r.get('scoring_seconds_400'), '.0f')}" for t, r in results.items()) + "."]
+    pooled = pooled_recalled_vs_random(results)
+    if pooled:
+        lines += ["", f"Pooled over {', '.join(pooled['tasks'])} (all positions, central): recalled candidates kept "
+                  f"{pooled['recalled']} of {pooled['n_recalled']}, random ones {pooled['random']} of "
+                  f"{pooled['n_random']}; one-sided Fisher exact p = {pooled['p']:.3g}."]
     return "\n".join(lines)
 
 

@@ -43,3 +43,16 @@ def test_tasks_not_run_here_keep_their_archived_rows(tmp_path, monkeypatch):
     assert kept["summarization"]["all-recalled"]["confirmed"] == 2
     assert "| summarization | all-recalled | 24 | 3 | 2 |" in (tmp_path / "benchmarks" / "results" /
                                                               "filter_diagnostics.md").read_text()
+
+
+def test_fisher_exact_matches_scipy_and_pools_the_tasks():
+    stats = pytest.importorskip("scipy.stats")
+    for a, n_a, b, n_b in ((2, 24, 0, 24), (4, 96, 1, 96), (10, 96, 2, 96), (0, 24, 3, 24)):
+        expected = stats.fisher_exact([[a, n_a - a], [b, n_b - b]], alternative="greater").pvalue
+        assert fd.fisher_greater(a, n_a, b, n_b) == pytest.approx(expected, rel=1e-9)
+    row = lambda kept: {"candidates": 24, "confirmed": kept}  # noqa: E731
+    pooled = fd.pooled_recalled_vs_random({"math": {"all-recalled": row(2), "all-random": row(0)},
+                                           "summarization": {"all-recalled": row(2), "all-random": row(1)},
+                                           "translation": {"all-recalled": row(5)}})  # no random row: left out
+    assert (pooled["recalled"], pooled["n_recalled"], pooled["random"], pooled["n_random"]) == (4, 48, 1, 48)
+    assert pooled["tasks"] == ["math", "summarization"] and 0.1 < pooled["p"] < 0.3
