@@ -84,10 +84,12 @@ def summarize(fs: Any) -> dict[str, Any]:
     confirmed = sum(1 for e in effects if passes(e, q))  # the keep rule itself: BH on half A and half B's p
     # per-feature agreement: same sign on both halves (r across candidates can be high from a shared
     # curvature term alone under the one-sided amplify edit)
-    same_sign = [np.sign(e.half_a_mean) == np.sign(e.half_b_mean) for e in effects
-                 if e.half_a_mean is not None and e.half_b_mean is not None]
-    a = np.array([e.half_a_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
-    b = np.array([e.half_b_mean for e in effects if e.half_a_mean is not None and e.half_b_mean is not None])
+    # the candidates measured on both halves (screened leaves the ones it did not edit without a mean)
+    both = [e for e in effects if e.half_a_mean is not None and e.half_b_mean is not None
+            and np.isfinite(e.half_a_mean) and np.isfinite(e.half_b_mean)]
+    same_sign = [np.sign(e.half_a_mean) == np.sign(e.half_b_mean) for e in both]
+    a = np.array([e.half_a_mean for e in both])
+    b = np.array([e.half_b_mean for e in both])
     reliability = float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else None
 
     def share(cs: list[Any]) -> float | None:
