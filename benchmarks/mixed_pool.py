@@ -26,8 +26,8 @@ task data (IGDS's probe, the targets of dsir/bm25/embed/mona) keeps the task's f
 2026-11 (BENCHMARKS.md §2a-2d): only to show the leak, beside the ``regex`` arm.
 
 Arms (``--arms``, default all): every registered selector that runs on a pool (random,
-loss, ifd, zip, longest, dsir, bm25, igds_jaccard, embed, mona, igds, igds_recall_only,
-igds_random_candidates, igds_paper, and igds_low / igds_quota / igds_coverage, which read
+loss, ifd, zip, longest, dsir, bm25, igds_jaccard, embed, mona, igds, igds_filtered,
+igds_recall_only, igds_random_candidates, igds_paper, and igds_low / igds_quota / igds_coverage, which read
 igds's own table) and ``regex``, a sanity floor that lives here only: the number
 of the task template's fixed strings a row contains (ties at random). On a leaky pool it
 finds every task row; on a template-free pool it must be at chance. Each arm selects
@@ -80,7 +80,8 @@ from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
-IGDS_ARMS = ("igds", "igds_recall_only", "igds_random_candidates", "igds_paper")  # each runs Stage 1
+# each runs Stage 1; igds is the default (no causal filter at this scale), igds_filtered turns the filter on
+IGDS_ARMS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper")
 # igds_jaccard before embed and mona: the three share one forward pass, and igds_jaccard's screen comes first
 SAE_MEAN_ARMS = ("igds_jaccard", "embed", "mona")
 ARMS = ("random", "loss", "ifd", "zip", "longest", "dsir", "bm25", *SAE_MEAN_ARMS, *IGDS_ARMS, *IGDS_DERIVED,

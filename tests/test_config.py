@@ -96,9 +96,9 @@ def test_preset_paper_goes_under_the_users_file_and_flags(tmp_path):
     from igds.experiment.runner import method_dir, run_config
 
     plain = load_config(None)
-    assert plain.filter.estimator == "central" and plain.preset is None
+    assert plain.filter.estimator == "screened" and not plain.filter.enabled and plain.preset is None
     paper = load_config(None, ["preset=paper"])
-    assert paper.filter.estimator == "amplify" and paper.recall.method == "frequency"
+    assert paper.filter.estimator == "amplify" and paper.filter.enabled and paper.recall.method == "frequency"
     assert all(getattr(getattr(paper, k.split(".")[0]), k.split(".")[1]) == v for k, v in PRESETS["paper"].items())
     # the user's own value wins over the preset, from a flag or from the file
     assert load_config(None, ["preset=paper", "filter.estimator=central"]).filter.estimator == "central"
@@ -113,7 +113,7 @@ def test_preset_paper_goes_under_the_users_file_and_flags(tmp_path):
     assert exp.igds.filter.estimator == "amplify"
     exp = load_config(None, None, cls=ExperimentConfig, rules=False)
     arm = run_config(exp, "igds_paper")
-    assert arm.filter.estimator == "amplify" and arm.preset == "paper" and exp.igds.filter.estimator == "central"
+    assert arm.filter.estimator == "amplify" and arm.preset == "paper" and exp.igds.filter.estimator == "screened"
     assert method_dir(tmp_path, "igds_paper") == tmp_path / "ablations" / "igds_paper"
 
 
@@ -138,4 +138,4 @@ def test_a_late_knob_at_its_default_leaves_cache_keys_as_they_were():
     assert "confirm_top" not in cache_view(FilterConfig())
     assert key_view(FilterConfig(confirm_top=3))["confirm_top"] == 3 == cache_view(FilterConfig(confirm_top=3))[
         "confirm_top"]
-    assert key_view(FilterConfig(estimator="screened")) != key_view(FilterConfig())
+    assert key_view(FilterConfig(estimator="central")) != key_view(FilterConfig())

@@ -59,7 +59,7 @@ def test_filter_keeps_helpful_and_drops_harmful(tiny_lm, estimator):
     val = tokenized(tiny_lm, [example(i, f"question number {i}", answer) for i in range(10)])
     # The planted features fire everywhere, so recall would drop them; test the filter directly.
     cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in (0, 1)]
-    cfg = FilterConfig(alpha=3.0, estimator=estimator)
+    cfg = FilterConfig(enabled=True, alpha=3.0, estimator=estimator)
     intervention_effects(tiny_lm, {layer: sae}, cands, val, cfg)
     helpful, harmful = cands
     assert helpful.effect.mean_delta > 0 > harmful.effect.mean_delta
@@ -76,7 +76,7 @@ def test_find_task_features_end_to_end_and_json_round_trip(tiny_lm, tmp_path):
     task = tokenized(tiny_lm, [example(i, t, "answer 7") for i, t in enumerate(TASK)])
     ref = tokenized(tiny_lm, [example(i, t, "fine") for i, t in enumerate(REF)])
     # no random-decoder feature lowers the loss by 10 nats: nothing passes, and recall_only keeps them all
-    filt = FilterConfig(min_delta=10.0, on_empty="recall_only")
+    filt = FilterConfig(enabled=True, min_delta=10.0, on_empty="recall_only")
     fs = find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3), filt,
                             stats_path=tmp_path / "stats.parquet")
     assert fs.candidates[0].key == "L1/F5"
@@ -110,7 +110,7 @@ def test_on_empty_stop_is_one_clear_line(tiny_lm):
     with pytest.raises(NoFeaturesPassed, match=r"none of 1 candidate features passed .*best BH-adjusted p "
                                                r".*filter\.on_empty=recall_only") as err:
         find_task_features(tiny_lm, {1: sae}, task[:8], ref, task[8:], RecallConfig(n_candidates=3),
-                           FilterConfig(min_delta=10.0))
+                           FilterConfig(enabled=True, min_delta=10.0))
     assert isinstance(err.value, RuntimeError) and "\n" not in str(err.value)
 
 

@@ -118,21 +118,21 @@ def _tested(key, p_adj, confirmed=True, p=None):
 def test_keep_rule_orders_by_p_and_caps():
     cands = [_tested("L1/F1", 0.05, p=0.02), _tested("L1/F2", 0.01, p=0.001), _tested("L1/F3", 0.05, False),
              _tested("L1/F4", 0.5)]
-    validated, warnings, outcome = choose_validated(cands, FilterConfig())
+    validated, warnings, outcome = choose_validated(cands, FilterConfig(enabled=True))
     assert validated == ["L1/F2", "L1/F1"] and not warnings  # F3 not confirmed, F4 above q
     assert outcome == "kept 2 of 4 candidates (BH q=0.1, confirmed on the held-out half)"
-    assert choose_validated(cands, FilterConfig(max_features=1))[0] == ["L1/F2"]
+    assert choose_validated(cands, FilterConfig(enabled=True, max_features=1))[0] == ["L1/F2"]
 
 
 def test_on_empty_stop_raises_and_recall_only_keeps_all_and_says_so():
     cands = [_tested("L1/F1", 0.04, confirmed=False), _tested("L1/F2", 0.3)]
     with pytest.raises(NoFeaturesPassed) as err:
-        choose_validated(cands, FilterConfig())
+        choose_validated(cands, FilterConfig(enabled=True))
     msg = str(err.value)
     assert "none of 2 candidate features passed" in msg and "1 selected on half A, none confirmed" in msg
     assert "best BH-adjusted p 0.04" in msg and "filter.on_empty=recall_only" in msg and "\n" not in msg
     assert not any(c.validated for c in cands)
-    validated, warnings, outcome = choose_validated(cands, FilterConfig(on_empty="recall_only"))
+    validated, warnings, outcome = choose_validated(cands, FilterConfig(enabled=True, on_empty="recall_only"))
     assert validated == ["L1/F1", "L1/F2"] and all(c.validated for c in cands)
     assert outcome == "none passed; kept recall-only candidates" and "recall_only" in warnings[0]
 
@@ -160,7 +160,7 @@ def _effects(lm, estimator, min_delta=0.0, **filter_options):
     sae = _planted(lm, layer)
     val = tokenized(lm, [example(i, f"question number {i}", "zzzzzz") for i in range(16)])
     cands = [Candidate(f"L{layer}/F{j}", layer, j) for j in range(5)]
-    cfg = FilterConfig(estimator=estimator, min_delta=min_delta, **filter_options)
+    cfg = FilterConfig(enabled=True, estimator=estimator, min_delta=min_delta, **filter_options)
     intervention_effects(lm, {layer: sae}, cands, val, cfg)
     return cands, cfg
 

@@ -112,8 +112,10 @@ def _derived(monkeypatch, tmp_path, name, cfg=None):
 
 
 def test_igds_low_takes_the_lowest_scores_first(monkeypatch, tmp_path):
-    low, calls = _derived(monkeypatch, tmp_path, "igds_low")
-    assert len(calls) == 1 and calls[0].filter.enabled  # igds's own stages, not an ablation's
+    cfg = RunConfig()
+    cfg.filter.enabled = True
+    low, calls = _derived(monkeypatch, tmp_path, "igds_low", cfg)
+    assert len(calls) == 1 and calls[0].filter.enabled  # igds's own stages (filter as configured), not an ablation's
     ranked = select_indices(IGDS_TABLE, budget=7)  # the scored rows; row 7 has no score (NaN)
     assert select_indices(low, budget=7) == ranked[::-1]
     assert select_indices(low, budget=8)[-1] == 7  # NaN stays last in both directions

@@ -229,9 +229,15 @@ def test_igds_ablations_change_only_the_filter(monkeypatch, tmp_path):
 
     monkeypatch.setattr(frs, "igds_scores", fake)
     cfg = RunConfig()
-    for name in ("igds", "igds_recall_only", "igds_random_candidates"):
+    for name in ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates"):
         run_selector(name, POOL, SelectionContext(model=object(), options={"config": cfg, "run_dir": tmp_path}))
-    assert [(f.enabled, f.random_candidates) for f in seen] == [(True, False), (False, False), (True, True)]
+    # the filter is off by default: igds follows the config, igds_filtered turns it on, recall_only off
+    assert [(f.enabled, f.random_candidates) for f in seen] == [(False, False), (True, False), (False, False),
+                                                               (False, True)]
+    cfg.filter.enabled = True
+    for name in ("igds", "igds_recall_only"):
+        run_selector(name, POOL, SelectionContext(model=object(), options={"config": cfg, "run_dir": tmp_path}))
+    assert [f.enabled for f in seen[-2:]] == [True, False]
     assert cfg.filter.enabled and not cfg.filter.random_candidates  # the caller's config is not touched
     monkeypatch.setattr(frs, "igds_scores", lambda lm, cfg, run_dir: (random_scores(POOL[:2]), None))
     with pytest.raises(RuntimeError, match="pool order"):

@@ -14,13 +14,15 @@ weighted by how strongly it fires (``a_task``, relative to the SAE's mean active
 value so that layers are comparable). Always-on features have ``p_task ~ p_ref`` and
 score ~0; rare features have small ``p_task`` and score little.
 
-**1b. Interventional filtering.** Each candidate is edited (error-preserving, see
-:mod:`igds.intervention`; never on special tokens nor, with ``norm_guard``, on
+**1b. Interventional filtering** (``filter.enabled``; off by default at this scale, where it
+did not keep recalled candidates clearly more often than random ones: BENCHMARKS.md). Each
+candidate is edited (error-preserving, see :mod:`igds.intervention`; never on special tokens
+nor, with ``norm_guard``, on
 residual-norm outliers) on held-out validation examples, and the teacher-forced loss
 ``L_i`` of each example's reference answer is read under the edit. The per-example
 effect, positive = amplifying the feature lowers the loss = it helps the task, is
 
-* ``central`` (ours, the default): ``[L_i(2 - alpha) - L_i(alpha)] / 2``, a symmetric
+* ``central`` (ours): ``[L_i(2 - alpha) - L_i(alpha)] / 2``, a symmetric
   difference (alpha=2: remove the feature vs double it). It estimates minus the
   directional derivative of the loss along the feature, and the loss's curvature,
   which makes almost every feature look harmful at a one-sided alpha=2, cancels
@@ -29,7 +31,7 @@ effect, positive = amplifying the feature lowers the loss = it helps the task, i
 * ``gradient`` (ours): ``(alpha - 1)`` times the feature's gradient attribution on the
   example (:mod:`igds.attribution`), the first-order term of both: every candidate from one
   forward and backward pass per batch instead of two edited forwards each;
-* ``screened`` (ours): the gradient attribution ranks the candidates on the selecting half
+* ``screened`` (ours, the default): the gradient attribution ranks the candidates on the selecting half
   of the validation examples (all of them without replication), and only the
   ``confirm_top`` best get the ``central`` edit on every validation example; the others
   are left untested (no per-example effect: p = 1 in Benjamini-Hochberg, which still

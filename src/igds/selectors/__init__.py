@@ -21,8 +21,10 @@ dsir                     hashed n-gram DSIR log importance weight to the task  t
 bm25                     BM25 against the task examples (mean over queries)    task
 embed                    cosine of mean residuals to the task centroid         model, task, sae
 mona                     MoNA: generalised Jaccard of mean SAE codes           model, task, sae
-igds, igds_recall_only,  the Feature-Resonant Score (and its ablations);       model + options
-igds_random_candidates   options ``config`` (RunConfig) and ``run_dir``
+igds, igds_filtered,     the Feature-Resonant Score (filter off by default;     model + options
+igds_recall_only,        igds_filtered turns it on) and its ablations;
+igds_random_candidates,  options ``config`` (RunConfig) and ``run_dir``
+igds_paper
 igds_low, igds_quota,    igds's own table: lowest first, or in select mode     model + options
 igds_coverage            quota / coverage (:mod:`igds.selectors.frs`)
 =======================  ====================================================  =================

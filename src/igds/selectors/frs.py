@@ -12,10 +12,11 @@ model, two options:
 * ``run_dir``: where the stages write (and resume) their artifacts, ``features.json``
   among them (:meth:`igds.feature_set.FeatureSet.load` reads the validated features back).
 
-The selector checks that the table lists ``pool``'s ids in order. Ablations:
-``igds_recall_only`` turns the causal filter off (every recalled candidate scores);
-``igds_random_candidates`` sends random features through the filter instead of the
-recalled ones. ``igds_paper`` is IGDS with the ``paper`` preset (:data:`igds.config.PRESETS`)
+The selector checks that the table lists ``pool``'s ids in order. Variants:
+``igds_filtered`` turns the causal filter on (off by default at this scale: only the
+recalled candidates whose edit measurably helps score); ``igds_recall_only`` turns it off
+whatever the config says (every recalled candidate scores); ``igds_random_candidates``
+draws random features instead of recalling them (through the filter when it is on). ``igds_paper`` is IGDS with the ``paper`` preset (:data:`igds.config.PRESETS`)
 on its config: the paper's method as far as it is known, to compare our defaults against.
 
 Derived arms (:class:`IGDSDerived`) re-read igds's own score table (same features, same
@@ -71,6 +72,14 @@ class IGDSSelector(Selector):
 @register("igds")
 class IGDS(IGDSSelector):
     """IGDS: recall, causal filter, Feature-Resonant Score."""
+
+
+@register("igds_filtered")
+class IGDSFiltered(IGDSSelector):
+    """IGDS with the causal filter on (off by default at this scale, ``FilterConfig.enabled``):
+    only the recalled candidates whose edit measurably lowers the task loss score."""
+
+    filter_overrides = {"enabled": True}
 
 
 @register("igds_recall_only")
