@@ -28,13 +28,19 @@ def test_gsm8k_slice_through_all_stages(real_lm, shared_data, tmp_path):
         "recall.probe_size": 24, "recall.reference_size": 24, "recall.n_candidates": 8,
         # 12 validation examples give the filter little power (6 per half): nothing may pass, and this test is
         # about the stages, so it keeps the candidates then (features.json says so)
-        "filter.validation_size": 12, "filter.on_empty": "recall_only", "score.max_length": 320,
+        # the filter is off by default at this scale; on here, with the default screened estimator
+        "filter.enabled": True, "filter.validation_size": 12, "filter.on_empty": "recall_only",
+        "score.max_length": 320,
     })
     result = run(cfg, lm=real_lm)
     fs = json.loads((tmp_path / "run" / "features.json").read_text())
     assert len(fs["candidates"]) == 8
-    # the effect is estimated on the half that did not select it (split-half replication)
-    assert all(c["effect"]["n"] == 6 and c["task_freq"] > c["ref_freq"] for c in fs["candidates"])
+    assert all(c["task_freq"] > c["ref_freq"] for c in fs["candidates"])
+    # the screen's best 6 are edited and their effect is estimated on the half that did not select them
+    # (split-half replication); the other 2 are untested
+    edited = [c for c in fs["candidates"] if c["effect"]["edited"]]
+    assert len(edited) == 6 and all(c["effect"]["n"] == 6 for c in edited)
+    assert all(c["effect"]["n"] == 0 and c["effect"]["p_adjusted"] == 1.0 for c in fs["candidates"] if c not in edited)
     assert fs["validated"] and fs["filter_outcome"], fs.get("warnings")
     table = pq.read_table(tmp_path / "run" / "scores.parquet")
     assert table.num_rows == 24 and all(f"f:{k}" in table.column_names for k in fs["validated"])
