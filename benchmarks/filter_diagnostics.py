@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--collect-only", action="store_true")
     args = ap.parse_args(argv)
-    results = {}
+    results, kept = {}, archived()
     for task in TASKS:
         if task in args.tasks and not args.collect_only:
             results[task] = run_task(task, args.variants)
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in VARIANTS:  # summaries are re-read from each variant's features.json
                 if (OUT / task / variant / "features.json").exists():
                     results[task][variant] = summarize(FeatureSet.load(OUT / task / variant / "features.json"))
-        elif task in archived():
-            results[task] = archived()[task]
+        elif task in kept:
+            results[task] = kept[task]
     if not results:
         print("nothing to collect")
         return 1

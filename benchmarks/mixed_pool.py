@@ -250,7 +250,6 @@ class Arms:
         self.shared: dict[Any, Any] = {}  # embed and mona share one forward pass through it
         self.dir = exp.run_dir / "arms"
         self.folders = (self.dir, archive) if archive else (self.dir,)  # where tables are looked up and written
-        self.wall_s: dict[str, float | None] = {}  # seconds each arm's table took (when it was made)
 
     def config(self, arm: str) -> dict[str, Any]:
         """What the arm's table depends on besides the pool (the cache key's other half)."""
@@ -276,13 +275,11 @@ class Arms:
         for folder in self.folders:
             path, side = folder / f"{arm}.parquet", folder / f"{arm}.json"
             if path.exists() and side.exists() and read_json(side).get("key") == key:
-                self.wall_s[arm] = read_json(side).get("wall_s")
                 return read_score_table(path)
         print(f"mixed_pool: scoring the pool with {arm!r}", flush=True)
         t0 = time.perf_counter()
         table = self.score(arm)
-        self.wall_s[arm] = round(time.perf_counter() - t0, 1)
-        side_info = {"key": key, "arm": arm, "wall_s": self.wall_s[arm], **self.stage1_facts(arm)}
+        side_info = {"key": key, "arm": arm, "wall_s": round(time.perf_counter() - t0, 1), **self.stage1_facts(arm)}
         for folder in self.folders:
             write_score_table(folder / f"{arm}.parquet", table)
             atomic_write_json(folder / f"{arm}.json", side_info)
