@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, stable_hash
 from ..config import (DATA_SECTIONS, IGDS_DERIVED, IGDS_METHODS, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
-                      RunConfig, cache_view, check, dump_config, key_view, load_config, with_preset)
+                      RunConfig, cache_view, check, dump_config, key_view, load_config)
 from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..feature_set import FeatureSet
@@ -28,7 +28,7 @@ from ..scoring import feature_activations, source_fingerprint
 from ..sae import SAE
 from ..selection import read_score_table, select_indices, write_score_table
 from ..selectors import SELECTORS, SelectionContext, get_selector, run_selector
-from ..selectors.frs import derive_table
+from ..selectors.frs import IGDSSelector, derive_table
 from ..tasks import Task, get_task
 from .results import (amplification, build_results, eval_name, flatten_metrics, headline_metric, results_markdown,
                       run_id, write_results)
@@ -74,11 +74,10 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
     data, ig = data or {}, cfg.igds
     # the arm's own settings live on its selector (igds.selectors.frs): one definition for both paths
     arm = get_selector(method)
-    if getattr(arm, "preset", None):
-        ig = with_preset(ig, arm.preset)
-    filt = replace(ig.filter, **getattr(arm, "filter_overrides", {}))
+    if isinstance(arm, IGDSSelector):
+        ig = arm.configure(ig)
     return replace(ig, task_data=data.get("task_data", ig.task_data), validation=data.get("validation", ig.validation),
-                   pool=data.get("pool", ig.pool), filter=filt, select=replace(ig.select, ratio=max(cfg.ratios)),
+                   pool=data.get("pool", ig.pool), select=replace(ig.select, ratio=max(cfg.ratios)),
                    report=False, out=str(method_dir(Path(ig.out), method)))
 
 

@@ -38,12 +38,13 @@ from __future__ import annotations
 import copy
 import json
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from ..config import SelectConfig, with_preset
+from ..config import RunConfig, SelectConfig, with_preset
 from ..data import Example
 from ..pipeline import igds_scores
 from ..selection import FEATURE_PREFIX, budget_for, select_rows, table_meta, top_order
@@ -62,11 +63,15 @@ class IGDSSelector(Selector):
         if o["config"] is None or o["run_dir"] is None:
             raise ValueError(f"selector {self.name!r} needs options config (a RunConfig whose pool section is "
                              f"this pool) and run_dir (where its stages write and resume)")
-        cfg = with_preset(o["config"], self.preset) if self.preset else copy.deepcopy(o["config"])
-        for key, value in self.filter_overrides.items():
-            setattr(cfg.filter, key, value)
-        table, _features = igds_scores(self.model(ctx), cfg, o["run_dir"])
+        table, _features = igds_scores(self.model(ctx), self.configure(o["config"]), o["run_dir"])
         return check_table(self.name, table, pool)
+
+    @classmethod
+    def configure(cls, cfg: RunConfig) -> RunConfig:
+        """A copy of ``cfg`` with this arm's preset and filter settings: the one place they are
+        applied, for this selector and for ``igds experiment`` (:func:`igds.experiment.run_config`)."""
+        cfg = with_preset(cfg, cls.preset) if cls.preset else copy.deepcopy(cfg)
+        return replace(cfg, filter=replace(cfg.filter, **cls.filter_overrides))
 
 
 @register("igds")
