@@ -69,13 +69,13 @@ from igds.artifacts import atomic_write_json, atomic_write_text, read_json, stab
 from igds.config import IGDS_DERIVED, DataConfig, check
 from igds.data import DataSpec, Example, load_examples, write_messages
 from igds.feature_set import FeatureSet
-from igds.experiment import (Experiment, fmt_cell, load_experiment_config, method_dir, resolve_task, run_config,
+from igds.experiment import (Experiment, fmt_cell, load_experiment_config, method_dir, run_config,
                              run_experiment)
 from igds.selectors.frs import derive_table
 from igds.inputs import read_examples, source_fingerprint
 from igds.selection import make_score_table, read_score_table, select_indices, write_score_table
 from igds.selectors import SELECTORS, SelectionContext, run_selector
-from igds.tasks import TRANSLATION_TEMPLATE, Task, gsm8k_solution, translation_prompt
+from igds.tasks import TRANSLATION_TEMPLATE, Task, get_task, gsm8k_solution, translation_prompt
 from splice import splice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +262,7 @@ class Arms:
         if arm in ("dsir", "bm25", *SAE_MEAN_ARMS) or arm in IGDS_ARMS or arm in IGDS_DERIVED:
             out["task_sha"] = source_fingerprint(self.exp.data()["task_data"].path)
         if arm in SAE_MEAN_ARMS:
-            out["sae"] = c.igds.sae.paths
+            out["sae"] = self.exp.sae_key()
         if arm in IGDS_ARMS or arm in IGDS_DERIVED:
             out["igds"] = self.exp.method_key(arm, self.seed)
         if arm == "regex":
@@ -367,26 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [a for a in arms if a not in ARMS]
     if bad:
         ap.error(f"--arms: unknown {bad}; known: {list(ARMS)}")
-    spec = POOLS[args.pool]
-    n_near = args.near_examples if spec.math_near else 0
-    n_other = args.other_examples if args.other_examples is not None else 400 - args.task_examples - n_near
     t0 = time.perf_counter()
-    name = pool_name(args.pool, args.leaky)
+    spec = POOLS[args.pool]
+    exp, labels = pool_experiment(args)
+    name, cfg, pool_path = exp.cfg.name, exp.cfg, Path(exp.cfg.igds.pool.path)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.md"
-
-    cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{spec.task}.yaml")
-    run_dir = ROOT / "runs" / "bench" / name
-    pool_path = run_dir / "data" / "mixed_pool.jsonl"
-    labels = build_pool(spec, resolve_task(cfg.task), cfg.igds.pool.path, args.task_examples, n_near, n_other,
-                        args.seed, pool_path, args.leaky)
-    # A pool where no feature passes the causal filter still gets an igds row: scored with the
-    # recalled features, and the notes under the table say so (as in the within-task protocol).
-    igds = replace(cfg.igds, out=str(run_dir), pool=DataConfig(path=str(pool_path), dialect="messages"),
-                   filter=replace(cfg.igds.filter, on_empty="recall_only"))
-    cfg = replace(cfg, name=name, igds=igds, task_format=["task_data", "validation"], methods=list(FINETUNED),
-                  seeds=[args.seed])
-    check(cfg)
-    exp = Experiment(cfg)
     pool = exp.pool()
     scorer = Arms(exp, args.seed, archive=ARCHIVE / name)
     tables = {arm: scorer.table(arm) for arm in arms}
@@ -414,6 +399,28 @@ def main(argv: list[str] | None = None) -> int:
     write(results, out)
     print(f"wrote {out}")
     return 0
+
+
+def pool_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, int]]:
+    """The pool of ``args`` (built, or rebuilt identically) and the experiment that scores and
+    fine-tunes on it; with each pool row's relevance grade."""
+    spec = POOLS[args.pool]
+    n_near = args.near_examples if spec.math_near else 0
+    n_other = args.other_examples if args.other_examples is not None else 400 - args.task_examples - n_near
+    name = pool_name(args.pool, args.leaky)
+    cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{spec.task}.yaml")
+    run_dir = ROOT / "runs" / "bench" / name
+    pool_path = run_dir / "data" / "mixed_pool.jsonl"
+    labels = build_pool(spec, get_task(cfg.task), cfg.igds.pool.path, args.task_examples, n_near, n_other,
+                        args.seed, pool_path, args.leaky)
+    # A pool where no feature passes the causal filter still gets an igds row: scored with the
+    # recalled features, and the notes under the table say so (as in the within-task protocol).
+    igds = replace(cfg.igds, out=str(run_dir), pool=DataConfig(path=str(pool_path), dialect="messages"),
+                   filter=replace(cfg.igds.filter, on_empty="recall_only"))
+    cfg = replace(cfg, name=name, igds=igds, task_format=["task_data", "validation"], methods=list(FINETUNED),
+                  seeds=[args.seed])
+    check(cfg)
+    return Experiment(cfg), labels
 
 
 def command_line(args: argparse.Namespace, arms: list[str]) -> str:

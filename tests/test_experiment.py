@@ -301,3 +301,35 @@ def test_an_arm_with_the_same_training_rows_reuses_its_twins_run(setup, monkeypa
     res = ex.run_experiment(cfg, lm=lm)
     assert sorted(c.parent.name for c in calls) == ["random-r0.5-s0", "random-r0.5-s1"]
     assert not any("same_training_as" in r for r in res["runs"])
+
+
+def test_finished_runs_follow_the_sae_by_content_not_by_path(tiny_lm, tmp_path):
+    """Moving an SAE keeps its runs' keys; replacing the SAE at the same path changes them (igds, the
+    SAE baselines and the base model), so a finished run on the old SAE is never reused."""
+    import shutil
+
+    from planted import blank_sae, plant_always_on
+
+    pool = _write(tmp_path / "pool.jsonl", 8, "p")
+    blank_sae(tiny_lm, 1).save(tmp_path / "sae")
+
+    def keys(sae_path):
+        cfg = load_experiment_config(None, {
+            "task": TASK, "igds": {"out": str(tmp_path / "run"), "pool": {"path": pool},
+                                   "task_data": {"path": _write(tmp_path / "task.jsonl", 6, "t")},
+                                   "sae": {"paths": [str(sae_path)]}},
+            "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "e")]},
+            "methods": ["igds", "mona", "random"], "ratios": [0.5], "seeds": [0]})
+        exp = ex.Experiment(cfg)
+        return {m: exp.run_key(m, 0.5, 0) for m in ("igds", "igds_paper", "mona", "random")}, exp.sae_key()
+
+    before, content = keys(tmp_path / "sae")
+    shutil.move(tmp_path / "sae", tmp_path / "moved")
+    assert keys(tmp_path / "moved") == (before, content)  # the same SAE elsewhere: the same runs
+
+    replaced = blank_sae(tiny_lm, 1)
+    plant_always_on(replaced, 3)
+    replaced.save(tmp_path / "moved")  # a retrained SAE written over the old one
+    after, new_content = keys(tmp_path / "moved")
+    assert new_content != content
+    assert {m for m in before if after[m] != before[m]} == {"igds", "igds_paper", "mona"}  # random reads no SAE

@@ -4,7 +4,8 @@ The low room every stage and engine reads its inputs through, so that none of th
 to reach back up into the orchestrator (:mod:`igds.pipeline`) to ask how. It also says
 what "the same input" means for the caches: :func:`source_fingerprint` (data),
 :func:`weights_fingerprint` (model and SAE files) and :func:`precision` (the dtypes the
-numbers are computed in), all built on :func:`igds.artifacts.fingerprint`.
+numbers are computed in), all built on :func:`igds.artifacts.fingerprint`; and, for keys that
+must hold on another machine, :func:`sae_content` (the SAEs by content).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from .artifacts import fingerprint, sha256_file
+from .artifacts import fingerprint, sha256_file, stable_hash
 from .config import DataConfig, RunConfig
 from .data import DataSpec, Example, Rejects, load_examples
 from .model import BUILTIN_MODELS, LoadedModel, builtin_gguf_path
@@ -114,6 +115,24 @@ def sae_fingerprint(spec: str, model_name: str, layer: int | None = None) -> str
     """The identity of one ``sae.paths`` entry's files (a SAELens ``release/sae_id``: its name)."""
     path = default_sae_path(model_name, layer) if spec == "default" else Path(spec).expanduser()
     return fingerprint(path) if path.exists() else spec
+
+
+def sae_content(cfg: RunConfig) -> dict[str, object]:
+    """What the configured SAEs *are*, whatever path they were read from: each entry's files by
+    content (sha256 of every file of the folder; a SAELens ``release/sae_id``: its name), with
+    ``sae.layers``. For keys that outlive the machine (an experiment's finished runs, archived
+    tables): :func:`weights_fingerprint` is cheaper but reads mtimes, which a fresh clone changes."""
+    layers = cfg.sae.layers or [None] * len(cfg.sae.paths)
+    content = []
+    for spec, layer in zip(cfg.sae.paths, layers):
+        path = default_sae_path(cfg.model.name, layer) if spec == "default" else Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            content.append(stable_hash({str(p.relative_to(path)): sha256_file(p) for p in files}))
+        else:
+            content.append(sha256_file(path)[:16] if path.is_file() else spec)
+    return {"content": content, "layers": cfg.sae.layers}
 
 
 def weights_fingerprint(cfg: RunConfig) -> dict[str, object]:

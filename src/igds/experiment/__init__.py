@@ -65,4 +65,4 @@ from ..config import (DATA_SECTIONS, IGDS_METHODS, AmplificationConfig, EvalConf
 from .results import (amplification, build_results, correlation, eval_name, flatten_metrics, fmt_cell,
                       headline_metric, mean_std, results_csv, results_markdown, run_id, summarize, write_results)
 from .runner import (Experiment, baseline_table, evaluate_model, load_experiment_config, materialize, method_dir,
-                     resolve_task, run_config, run_experiment, run_from_config, task_examples)
+                     run_config, run_experiment, run_from_config, task_examples)

@@ -20,7 +20,7 @@ from ..data import Example, write_messages
 from ..evaluate import evaluate_task
 from ..feature_set import FeatureSet
 from ..finetune import train_model
-from ..inputs import load_saes, read_examples, resolve_source
+from ..inputs import load_saes, read_examples, resolve_source, sae_content
 from ..model import LoadedModel, load_model
 from ..pipeline import igds_scores
 from ..report import write_report
@@ -81,16 +81,18 @@ def run_config(cfg: ExperimentConfig, method: str = "igds", data: dict[str, Data
                    report=False, out=str(method_dir(Path(ig.out), method)))
 
 
+def placeless(section: DataConfig) -> dict[str, Any]:
+    """A data section in a cache key: its settings without the path (the key holds its content's hash), so
+    that finished runs stay valid in another checkout or run folder and the same rows elsewhere match."""
+    return {**asdict(section), "path": None}
+
+
 def method_dir(run_dir: Path, method: str) -> Path:
     """Where an IGDS arm's stages run: igds's own folder for igds and the arms derived from its table."""
     return run_dir if method == "igds" or method in IGDS_DERIVED else run_dir / "ablations" / method
 
 
 # ====================================================================== task / evaluation seams
-def resolve_task(spec: Any) -> Task:
-    return get_task(spec)
-
-
 def task_examples(task: Task, path: str, limit: int | None) -> list[Example]:
     """Evaluation examples of ``path`` in the task's own format."""
     return task.load(path, limit=limit)
@@ -123,11 +125,8 @@ def materialize(task: Task, dc: DataConfig, out: Path, skip_bad: bool = False,
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
     """Keep finite numeric entries (results.json holds numbers only)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v):
-            out[str(k)] = float(v)
-    return out
+    return {str(k): float(v) for k, v in d.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def baseline_table(method: str, lm: LoadedModel, pool: Sequence[Example], seed: int, options: dict[str, Any],
@@ -164,6 +163,7 @@ class Experiment:
     _shared: dict[Any, Any] = field(default_factory=dict)  # work selectors share (embed and mona: one pass)
     _features: Any = None
     _saes: Any = None
+    _sae_key: Any = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.cfg.igds.out)
@@ -181,7 +181,7 @@ class Experiment:
 
     def the_task(self) -> Task:
         if self.task is None:
-            self.task = resolve_task(self.cfg.task)
+            self.task = get_task(self.cfg.task)
         return self.task
 
     def data(self) -> dict[str, DataConfig]:
@@ -231,7 +231,7 @@ class Experiment:
     def data_key(self) -> dict[str, Any]:
         c, pool = self.cfg, self.data()["pool"]
         return {"model": c.igds.model.name, "task": c.task,
-                "pool": {**asdict(pool), "sha": source_fingerprint(resolve_source(pool, "pool"))},
+                "pool": {**placeless(pool), "sha": source_fingerprint(resolve_source(pool, "pool"))},
                 "chat": c.igds.use_chat_template, "skip_bad": c.igds.skip_bad}
 
     def eval_key(self) -> dict[str, Any]:
@@ -239,12 +239,19 @@ class Experiment:
         return {"model": self.cfg.igds.model.name, "task": self.cfg.task, "eval": asdict(e),
                 "files": [source_fingerprint(p) for p in [*e.paths, *e.loss_paths]]}
 
+    def sae_key(self) -> dict[str, Any]:
+        """The SAEs by content, not by path: a finished run stays valid when its SAE moves, and is
+        redone when the SAE at its path is replaced (``default`` after an upgrade, a retrained file)."""
+        if self._sae_key is None:
+            self._sae_key = sae_content(run_config(self.cfg, "igds", self.data()))
+        return self._sae_key
+
     def method_key(self, method: str, seed: int) -> dict[str, Any]:
         c = self.cfg
         if method in IGDS_METHODS:
             rc = run_config(c, method, self.data())
-            # sections in full (as before cache_view existed), so that existing experiments stay cached
-            return {"sae": asdict(rc.sae), "task_data": asdict(rc.task_data), "validation": asdict(rc.validation),
+            # data sections without their paths (their content hashes are in the key), SAEs by content
+            return {"sae": self.sae_key(), "task_data": placeless(rc.task_data), "validation": placeless(rc.validation),
                     "reference": asdict(rc.reference), "recall": key_view(rc.recall), "filter": key_view(rc.filter),
                     "score": cache_view(rc.score),
                     "task_sha": source_fingerprint(rc.task_data.path) if rc.task_data.path else None,
@@ -257,9 +264,9 @@ class Experiment:
         needs = get_selector(method).needs
         if "task" in needs:
             task_data = self.data()["task_data"]
-            key["task"] = {**asdict(task_data), "sha": source_fingerprint(resolve_source(task_data, "task_data"))}
+            key["task"] = {**placeless(task_data), "sha": source_fingerprint(resolve_source(task_data, "task_data"))}
         if "sae" in needs:
-            key["sae"] = [s.describe() for _, s in sorted(self.saes().items())]
+            key["sae"] = self.sae_key()
         return {**key, "seed": seed} if method == "random" else key
 
     def run_key(self, method: str, ratio: float, seed: int) -> str:
@@ -354,7 +361,7 @@ class Experiment:
     def base_result(self) -> dict[str, Any]:
         path = self.exp_dir / "base" / "result.json"
         key = stable_hash({"eval": self.eval_key(), "amplification": asdict(self.cfg.amplification),
-                           "features": self._feature_key()})
+                           "features": self._feature_key(), "sae": self.sae_key()})
         if path.exists():
             cached = read_json(path)
             if cached.get("key") == key:
@@ -436,10 +443,8 @@ class Experiment:
         acts = self.feature_acts(trained.lm)
         del trained.lm
         gc.collect()
-        flat = flatten_metrics(metrics)
         res = {"key": key, "train_key": train_key, "run": rid, "method": method, "ratio": ratio, "seed": seed,
-               "n_train": len(selected),
-               "metrics_by_eval": metrics, "metrics": flat,
+               "n_train": len(selected), "metrics_by_eval": metrics, "metrics": flatten_metrics(metrics),
                **amplification(base.get("feature_acts"), acts, self.cfg.amplification.eps),
                "finetune": {k: trained.stats.get(k) for k in ("steps", "train_loss", "seconds", "tokens_per_s",
                                                                "n_truncated", "n_dropped", "n_response_tokens")},
