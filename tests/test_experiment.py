@@ -333,3 +333,22 @@ def test_finished_runs_follow_the_sae_by_content_not_by_path(tiny_lm, tmp_path):
     after, new_content = keys(tmp_path / "moved")
     assert new_content != content
     assert {m for m in before if after[m] != before[m]} == {"igds", "igds_paper", "mona"}  # random reads no SAE
+
+
+def test_run_keys_do_not_depend_on_where_the_run_folder_or_data_lie(tmp_path):
+    """The same pool and task rows in another checkout (another run folder, other file paths) give the
+    same keys, so archived runs restore there; different rows give different keys."""
+    def keys(folder, task_rows=6):
+        folder.mkdir()
+        cfg = load_experiment_config(None, {
+            "task": TASK, "igds": {"out": str(folder / "run"), "pool": {"path": _write(folder / "pool.jsonl", 8, "p")},
+                                   "task_data": {"path": _write(folder / "task.jsonl", task_rows, "t")}},
+            "eval": {"paths": [_write(tmp_path / "test.jsonl", 4, "e")]},
+            "methods": ["igds", "bm25", "random"], "ratios": [0.5], "seeds": [0]})
+        exp = ex.Experiment(cfg)
+        return {m: exp.run_key(m, 0.5, 0) for m in ("igds", "igds_filtered", "bm25", "random")}
+
+    here = keys(tmp_path / "checkout-a")
+    assert keys(tmp_path / "checkout-b") == here
+    other = keys(tmp_path / "checkout-c", task_rows=5)
+    assert {m for m in here if other[m] != here[m]} == {"igds", "igds_filtered", "bm25"}  # random reads no task rows
