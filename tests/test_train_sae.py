@@ -218,3 +218,30 @@ def test_train_on_real_model_skips_attention_sinks(tmp_path, real_lm, shared_dat
     assert 300 < thr < 5000  # 10x a median near 150, far below the ~25,000 of position 0
     cache = torch.from_numpy(__import__("numpy").load(tmp_path / "activation_cache" / "layer_15.npy"))
     assert float(cache.norm(dim=-1).max()) <= thr
+
+
+def test_a_shared_activation_cache_serves_other_sae_settings_and_fewer_layers(tmp_path, tiny_lm, monkeypatch):
+    """Collect layers 1 and 2 once; a run with another k on layer 2 alone reads the same activations
+    (the model is never run again); other data or a layer not collected collects anew."""
+    from igds import train_sae as ts
+
+    data, text = _write_data(tmp_path)
+    shared = str(tmp_path / "acts")
+    common = dict(model="tiny-llama", data=[data, text + "::limit=10"], d_sae=64, total_tokens=8 * 128,
+                  batch_tokens=128, activation_tokens=1024, activation_cache=shared, lr=1e-3, warmup_steps=2,
+                  dead_tokens=1000, progress=False, checkpoint_every=0, forward_batch_tokens=1024)
+    train_sae(TrainSAEConfig(layers=[1, 2], k=4, out_dir=str(tmp_path / "a"), **common), lm=tiny_lm)
+    first = torch.from_numpy(__import__("numpy").load(tmp_path / "acts" / "layer_2.npy"))
+    collected = []
+    real_collect = ts.collect
+    monkeypatch.setattr(ts, "collect", lambda *a, **kw: collected.append(a[1]) or real_collect(*a, **kw))
+
+    paths = train_sae(TrainSAEConfig(layers=[2], k=8, out_dir=str(tmp_path / "b"), **common), lm=tiny_lm)
+    assert collected == [] and load_sae(paths[2]).k == 8
+    assert load_sae(paths[2]).metadata["norm_threshold"] > 0
+    assert torch.equal(torch.from_numpy(__import__("numpy").load(tmp_path / "acts" / "layer_2.npy")), first)
+
+    train_sae(TrainSAEConfig(layers=[3], k=4, out_dir=str(tmp_path / "c"), **common), lm=tiny_lm)
+    assert collected == [[3]]  # layer 3 was never collected: the set is collected again
+    train_sae(TrainSAEConfig(layers=[2], k=4, out_dir=str(tmp_path / "d"), **{**common, "seed": 1}), lm=tiny_lm)
+    assert collected == [[3], [2]]  # another seed draws other examples

@@ -392,6 +392,9 @@ class TrainSAEConfig:
     # cache mode: collect this many activation tokens once and train epochs over them
     activation_tokens: int | None = knob(None, ge=1)
     buffer_tokens: int = knob(131_072, ge=1)  # streaming mode: shuffle-buffer size (activations per layer)
+    # cache mode: the activation set's folder (None -> OUT/activation_cache). Runs with other SAE settings
+    # (k, width, lr...) or a subset of its layers can share one folder: the model's forward runs once
+    activation_cache: str | None = knob(None, cache=False)
     lr: float | None = knob(None, gt=0)  # None -> 2e-4 / sqrt(d_sae / 16384) (sparsify's rule)
     warmup_steps: int = knob(100, ge=0)  # linear warm-up steps
     lr_end_frac: float = knob(0.1, ge=0, le=1)  # cosine decay ends at lr * lr_end_frac

@@ -22,7 +22,8 @@ here in plain PyTorch:
 Two data modes:
 
 * ``activation_tokens = N`` (cache mode): collect N activation tokens once, keep
-  them (``out_dir/activation_cache``), and train ``total_tokens`` over them in
+  them (``out_dir/activation_cache``, or the shared folder ``activation_cache``, which
+  later runs with other SAE settings or fewer layers reuse), and train ``total_tokens`` over them in
   epochs with a fresh seeded permutation each epoch. On CPUs the forward is several
   times slower than an SAE step (SmolLM2 layer 15 on 2 cores: ~300-1,400 tokens/s
   collected vs ~1,500-3,000 tokens/s trained at 8x width, batch 1,024; see
@@ -380,7 +381,7 @@ def export_checkpoint(out_dir: str | Path, dest: str | Path | None = None, save_
     cfg = TrainSAEConfig(**raw)
     state = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     step = int(state["position"]["step"])
-    info_path = out_dir / CACHE_DIR / "meta.json"
+    info_path = _cache_dir(cfg, out_dir) / "meta.json"
     thresholds = json.loads(info_path.read_text())["thresholds"] if info_path.exists() else {}
     paths = {}
     for L, sd in state["saes"].items():
@@ -395,6 +396,10 @@ def export_checkpoint(out_dir: str | Path, dest: str | Path | None = None, save_
     return paths
 
 
+def _cache_dir(cfg: TrainSAEConfig, out_dir: Path) -> Path:
+    return Path(cfg.activation_cache) if cfg.activation_cache else out_dir / CACHE_DIR
+
+
 def _checkpoint_step(out_dir: Path) -> int:
     ckpt = out_dir / CHECKPOINT
     if not ckpt.exists():
@@ -404,20 +409,23 @@ def _checkpoint_step(out_dir: Path) -> int:
 
 def _load_or_collect_cache(cfg: TrainSAEConfig, stream: ActivationStream, layers: list[int], out_dir: Path
                            ) -> dict[Any, Any]:
-    """Cache mode: the activation set, read back from ``out_dir/activation_cache`` when present."""
-    cdir = out_dir / CACHE_DIR
+    """Cache mode: the activation set, read back from ``cfg.activation_cache`` (default
+    ``out_dir/activation_cache``) when it was collected from the same data and settings for these
+    layers or more (a token is kept when every collected layer kept it: with other layers, the
+    norm filter may keep other tokens, so the set is collected again)."""
+    cdir = _cache_dir(cfg, out_dir)
     meta_path = cdir / "meta.json"
     key = stable_hash({k: v for k, v in cfg.identity().items()
-                       if k in ("model", "layers", "data", "max_length", "use_chat_template", "text_field",
+                       if k in ("model", "data", "max_length", "use_chat_template", "text_field",
                                 "norm_filter", "forward_batch_tokens", "forward_batch_size", "activation_tokens",
                                 "seed")})
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:
+        if meta.get("key") == key and set(layers) <= set(meta.get("layers", [])):
             cache: dict[Any, Any] = {L: torch.from_numpy(np.load(cdir / f"layer_{L}.npy")) for L in layers}
             cache["_seconds"] = 0.0
-            cache["_thresholds"] = {int(L): v for L, v in meta["thresholds"].items()}
-            print(f"[train_sae] reusing the activation cache in {cdir}", file=sys.stderr)
+            cache["_thresholds"] = {int(L): v for L, v in meta["thresholds"].items() if int(L) in layers}
+            print(f"[train_sae] reusing the activation cache in {cdir} (layers {meta['layers']})", file=sys.stderr)
             return cache
     t = time.perf_counter()
     bar = tqdm(total=cfg.activation_tokens, unit="tok", unit_scale=True, desc="collect activations",
@@ -431,7 +439,7 @@ def _load_or_collect_cache(cfg: TrainSAEConfig, stream: ActivationStream, layers
         with atomic_path(cdir / f"layer_{L}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, acts[L].numpy())
-    atomic_write_json(meta_path, {"key": key, "tokens": acts[layers[0]].shape[0],
+    atomic_write_json(meta_path, {"key": key, "layers": layers, "tokens": acts[layers[0]].shape[0],
                                   "thresholds": {str(L): v for L, v in (stream.thresholds or {}).items()},
                                   "seen": stream.n_seen, "dropped_by_norm": stream.n_dropped,
                                   "collect_seconds": round(seconds, 1),
