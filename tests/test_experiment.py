@@ -326,6 +326,8 @@ def test_finished_runs_follow_the_sae_by_content_not_by_path(tiny_lm, tmp_path):
     before, content = keys(tmp_path / "sae")
     shutil.move(tmp_path / "sae", tmp_path / "moved")
     assert keys(tmp_path / "moved") == (before, content)  # the same SAE elsewhere: the same runs
+    (tmp_path / "moved" / "README.md").write_text("a model card, edited")
+    assert keys(tmp_path / "moved") == (before, content)  # documentation is not the SAE
 
     replaced = blank_sae(tiny_lm, 1)
     plant_always_on(replaced, 3)

@@ -119,15 +119,16 @@ def sae_fingerprint(spec: str, model_name: str, layer: int | None = None) -> str
 
 def sae_content(cfg: RunConfig) -> dict[str, object]:
     """What the configured SAEs *are*, whatever path they were read from: each entry's files by
-    content (sha256 of every file of the folder; a SAELens ``release/sae_id``: its name), with
-    ``sae.layers``. For keys that outlive the machine (an experiment's finished runs, archived
-    tables): :func:`weights_fingerprint` is cheaper but reads mtimes, which a fresh clone changes."""
+    content (sha256 of every file of the folder but its documentation, ``*.md``/``*.txt``: a model
+    card's edit is not a new SAE; a SAELens ``release/sae_id``: its name), with ``sae.layers``.
+    For keys that outlive the machine (an experiment's finished runs, archived tables):
+    :func:`weights_fingerprint` is cheaper but reads mtimes, which a fresh clone changes."""
     layers = cfg.sae.layers or [None] * len(cfg.sae.paths)
     content = []
     for spec, layer in zip(cfg.sae.paths, layers):
         path = default_sae_path(cfg.model.name, layer) if spec == "default" else Path(spec).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix not in (".md", ".txt")
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             content.append(stable_hash({str(p.relative_to(path)): sha256_file(p) for p in files}))
         else:
