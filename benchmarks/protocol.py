@@ -72,7 +72,10 @@ def archive(exp: Experiment, task: str, restore: bool) -> int:
         if restore:
             move = current(kept, plan) and not current(live, plan)
         else:
-            move = current(live, plan) and (not kept.exists() or kept.read_text() != live.read_text())
+            # a run replaces its kept copy when it differs (both carry the current key); the base's key needs
+            # the features, so a kept base is never overwritten, only written where it is missing
+            move = current(live, plan) and (not kept.exists() or (plan is not None
+                                                                   and kept.read_text() != live.read_text()))
         if move:
             dst.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dst, src.read_text(encoding="utf-8"))

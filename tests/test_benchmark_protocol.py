@@ -61,3 +61,21 @@ def test_archive_round_trip_keeps_finished_runs_across_machines(tmp_path, monkey
     keys[("random", 0.5, 3)] = "new"
     live.unlink()
     assert protocol.archive(exp, "summarization", restore=True) == 0 and not live.exists()
+
+
+def test_archiving_never_overwrites_a_kept_base_result(tmp_path, monkeypatch):
+    """A live base result from another checkout (its key unchecked: it needs the features) is written
+    to the archive only where none is kept; a kept one is never replaced by it."""
+    import protocol
+    from igds.experiment import Experiment, load_experiment_config
+
+    monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
+    exp = Experiment(load_experiment_config(protocol.CONFIGS / "summarization.yaml", {"igds.out": str(tmp_path / "run")}))
+    monkeypatch.setattr(exp, "run_key", lambda m, r, s: "current")
+    live = exp.exp_dir / "base" / "result.json"
+    kept = tmp_path / "archive" / "summarization" / "base.json"
+    live.parent.mkdir(parents=True)
+    live.write_text('{"key": "stale-elsewhere"}')
+    assert protocol.archive(exp, "summarization", restore=False) == 1 and kept.read_text() == live.read_text()
+    kept.write_text('{"key": "current-kept"}')
+    assert protocol.archive(exp, "summarization", restore=False) == 0 and "current-kept" in kept.read_text()
