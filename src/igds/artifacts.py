@@ -170,9 +170,13 @@ def fingerprint(path: str | os.PathLike) -> str:
             return f"hf-commit:{parts[i + 1]}"
     if path.is_file():
         return stable_hash(_file_identity(path))
-    files = sorted(p for p in path.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    return stable_hash({str(p.relative_to(path)): _file_identity(p) for p in files})
+    return stable_hash({str(p.relative_to(path)): _file_identity(p) for p in visible_files(path)})
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` outside hidden files and folders, sorted: what a folder's identity hashes."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 @contextmanager

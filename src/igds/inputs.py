@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from .artifacts import fingerprint, sha256_file, stable_hash
+from .artifacts import fingerprint, sha256_file, stable_hash, visible_files
 from .config import DataConfig, RunConfig
 from .data import DataSpec, Example, Rejects, load_examples
 from .model import BUILTIN_MODELS, LoadedModel, builtin_gguf_path
@@ -128,9 +128,8 @@ def sae_content(cfg: RunConfig) -> dict[str, object]:
     for spec, layer in zip(cfg.sae.paths, layers):
         path = default_sae_path(cfg.model.name, layer) if spec == "default" else Path(spec).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix not in (".md", ".txt")
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            content.append(stable_hash({str(p.relative_to(path)): sha256_file(p) for p in files}))
+            content.append(stable_hash({str(p.relative_to(path)): sha256_file(p) for p in visible_files(path)
+                                        if p.suffix not in (".md", ".txt")}))
         else:
             content.append(sha256_file(path)[:16] if path.is_file() else spec)
     return {"content": content, "layers": cfg.sae.layers}

@@ -411,8 +411,9 @@ def _load_or_collect_cache(cfg: TrainSAEConfig, stream: ActivationStream, layers
                            ) -> dict[Any, Any]:
     """Cache mode: the activation set, read back from ``cfg.activation_cache`` (default
     ``out_dir/activation_cache``) when it was collected from the same data and settings for these
-    layers or more (a token is kept when every collected layer kept it: with other layers, the
-    norm filter may keep other tokens, so the set is collected again)."""
+    layers or more; else collected (again). A set collected for more layers holds the tokens the
+    norm filter kept at *every* collected layer, so it may hold fewer than a collection of these
+    layers alone would (none differ when no token exceeded a threshold, as ``dropped_by_norm`` says)."""
     cdir = _cache_dir(cfg, out_dir)
     meta_path = cdir / "meta.json"
     key = stable_hash({k: v for k, v in cfg.identity().items()
