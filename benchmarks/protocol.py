@@ -28,6 +28,7 @@ import numpy as np
 
 from diagnostics import selection_diagnostics, top_indices
 from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from igds.config import IGDS_DERIVED, IGDS_METHODS
 from igds.experiment import (Experiment, headline_metric, load_experiment_config, method_dir, run_experiment,
                              run_id)
 from igds.selection import select_indices
@@ -36,14 +37,21 @@ from splice import splice
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "protocol"
 TASKS = ("summarization", "math", "translation")
-METHODS = ("full", "random", "igds", "igds_recall_only", "igds_random_candidates")
+METHODS = ("full", "random", "igds", "igds_recall_only", "igds_random_candidates",
+           "igds_paper", "igds_quota", "igds_coverage", "igds_low")
 LABELS = {"full": "Full (100%)", "random": "Random", "igds": "**IGDS**",
           "igds_recall_only": "IGDS, recall only (no causal filter)",
-          "igds_random_candidates": "IGDS, random candidates (no recall)"}
-# (A, B): the claim "A is better than B", each checked by the pre-registered rule
+          "igds_random_candidates": "IGDS, random candidates (no recall)",
+          "igds_paper": "IGDS, paper preset (amplification filter)",
+          "igds_quota": "IGDS, quota selection", "igds_coverage": "IGDS, coverage selection",
+          "igds_low": "IGDS, lowest scores (direction check)"}
+# (A, B): the claim "A is better than B", each checked by the pre-registered rule. The last six came with
+# the arms of issue #13 (registered 2026-12-03, before any of their runs); a task runs the arms its config lists.
 COMPARISONS = (("igds", "random"), ("igds", "full"), ("igds", "igds_recall_only"),
                ("igds", "igds_random_candidates"), ("igds_recall_only", "random"),
-               ("igds_random_candidates", "random"))
+               ("igds_random_candidates", "random"),
+               ("igds_paper", "random"), ("igds_quota", "random"), ("igds_coverage", "random"),
+               ("igds_quota", "igds"), ("igds_coverage", "igds"), ("igds", "igds_low"))
 THRESHOLD = 2.0  # pooled standard errors
 # Finished runs' result.json files, kept in the repository: the runs/ folder does not outlive the
 # machine, and a sitting may end mid-protocol. Before a task runs they are put back under runs/
@@ -128,7 +136,8 @@ def heldout_loss_key(runs: list[dict[str, Any]]) -> str:
 
 def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
     """Score-length correlations and overlaps of each arm's 50% pick (issue #12 item 4)."""
-    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*METHODS[1:], "loss", "longest")}
+    arms = [m for m in exp.cfg.methods if m != "full"]
+    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*arms, "loss", "longest")}
     pool = exp.pool()
     k = len(select_indices(tables["random"], ratio=exp.cfg.ratios[0]))
     loss = tables["loss"].column("score").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -137,7 +146,7 @@ def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
     n_tokens = tables["loss"].column("n_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
     chars = [len(e.response) for e in pool]
     return {m: selection_diagnostics(tables[m].column("score").to_numpy(zero_copy_only=False).astype(np.float64),
-                                     k, n_tokens, chars, refs) for m in METHODS[1:]}
+                                     k, n_tokens, chars, refs) for m in arms}
 
 
 def collect(task: str) -> dict[str, Any] | None:
@@ -202,7 +211,7 @@ def code_version() -> str:
 def filter_outcomes(exp: Experiment) -> dict[str, str]:
     """What each IGDS arm's causal filter kept, from its features.json (older files: validated of candidates)."""
     out = {}
-    for m in METHODS[2:]:
+    for m in (m for m in exp.cfg.methods if m in IGDS_METHODS and m not in IGDS_DERIVED):  # the derived read igds's
         path = method_dir(exp.run_dir, m) / "features.json"
         if path.exists():
             fs = read_json(path)
