@@ -117,7 +117,9 @@ def test_default_sae_quality_on_held_out_text(real_lm, shared_data):
     from igds.sae_loading import load_sae
 
     sae = load_sae("default", model_name="smollm2-135m")
-    assert (sae.layer, sae.d_in, sae.d_sae, sae.k) == (15, 576, 4608, 32)
+    assert (sae.layer, sae.d_in, sae.d_sae, sae.k) == (15, 576, 8192, 64)
+    later = load_sae("default", model_name="smollm2-135m", layer=22)
+    assert (later.layer, later.d_sae, later.k) == (22, 8192, 128)
     spec = str(shared_data / "gsm8k" / "test.jsonl") + "::prompt_field=question,response_field=answer,limit=6"
     examples = load_eval_examples(real_lm, [spec], None, 256)
     res = evaluate_sae(real_lm, sae, examples)
