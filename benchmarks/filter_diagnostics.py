@@ -6,7 +6,7 @@ costs next to scoring a 400-row pool (issue #13's diagnostics section).
     python benchmarks/filter_diagnostics.py --tasks math --variants content-recalled content-random
 
 For each task the feature-discovery data of the quality benchmark (``benchmarks/quality/<task>.yaml``:
-128 training rows in the task's format, probe 96 / validation 32, the shipped layer-15 SAE)
+128 training rows in the task's format, probe 96 / validation 32, the layer-15 SAE those configs pin: v1)
 goes through Stage 1 once per variant, each cached in ``runs/bench/filter-diagnostics/<task>/<variant>/``:
 
 * ``paper``: the paper preset (all positions, frequency recall, the one-sided amplification edit),
