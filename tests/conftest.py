@@ -57,6 +57,15 @@ def make_tiny_lm(n_layers: int = 4, d: int = 64, seed: int = 0):
                        dtype=torch.float32)
 
 
+@pytest.fixture(autouse=True)
+def reference_stats_in_the_tests_folder(tmp_path, monkeypatch):
+    """Runs keep the reference's statistics under $IGDS_CACHE (igds.pipeline); a test keeps them in its own
+    folder, so that no test reads another's and the user's cache gets nothing from a test run."""
+    import igds.pipeline
+
+    monkeypatch.setattr(igds.pipeline, "cache_dir", lambda: tmp_path / "igds-cache")
+
+
 @pytest.fixture
 def tiny_lm():
     return make_tiny_lm()

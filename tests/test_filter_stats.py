@@ -10,7 +10,8 @@ import torch
 from igds.config import FilterConfig
 from igds.data import prompt_text
 from igds.feature_set import Candidate, Effect
-from igds.features import NoFeaturesPassed, choose_validated, intervention_effects, peak_positions, per_example_effects
+from igds.features import (NoFeaturesPassed, choose_validated, describe_peaks, firing_stats, intervention_effects,
+                           per_example_effects)
 from igds.filter_stats import bh_adjust, judge, one_sided_p, split_halves, t_quantile, t_sf
 
 from planted import blank_sae, example, plant_always_on, plant_detector, tokenized
@@ -253,13 +254,34 @@ def test_template_share_separates_template_and_content_detectors(tiny_lm):
     sae = blank_sae(tiny_lm, 1, d_sae=4)
     plant_detector(tiny_lm, sae, 0, 1, texts, [], "s")
     plant_detector(tiny_lm, sae, 1, 1, texts, [], "7")
-    cands = [Candidate("L1/F0", 1, 0), Candidate("L1/F1", 1, 1), Candidate("L1/F3", 1, 3)]
-    peak_positions(tiny_lm, {1: sae}, cands, tokenized(tiny_lm, exs))
-    template, content, dead = cands
-    assert template.peak_template_share > 0.9 and template.peak_tokens[0][0] == "s"
-    assert content.peak_template_share < 0.1 and content.peak_tokens[0][0] == "7"
-    assert sum(n for _, n in content.peak_tokens) == 50  # the top 50 of its firing positions (there are more 7s)
-    assert dead.peak_template_share is None and dead.peak_tokens is None
+    probe = tokenized(tiny_lm, exs)
+    n_sevens = sum(tok.convert_ids_to_tokens(i) == "7" for e in probe for i in e.ids[1:])
+    assert n_sevens > 50
+    # the peaks come from the recall pass itself, at all positions, also when recall counts content only
+    for positions in ("all", "content"):
+        stats = firing_stats(tiny_lm, {1: sae}, probe, positions, batch_tokens=64, peaks=50)
+        cands = [Candidate("L1/F0", 1, 0), Candidate("L1/F1", 1, 1), Candidate("L1/F3", 1, 3)]
+        describe_peaks(tiny_lm, cands, stats)
+        template, content, dead = cands
+        assert template.peak_template_share > 0.9 and template.peak_tokens[0][0] == "s"
+        assert content.peak_template_share < 0.1 and content.peak_tokens[0][0] == "7"
+        assert sum(n for _, n in content.peak_tokens) == 50  # the top 50 of its firing positions (there are more 7s)
+        assert dead.peak_template_share is None and dead.peak_tokens is None
+    assert firing_stats(tiny_lm, {1: sae}, probe, "content")[1].token_count[0] == 0  # content never counts the template
+
+
+def test_peaks_merged_over_batches_are_the_overall_strongest(tiny_lm):
+    """Kept across many small batches, the peaks equal the top-k of every activation at once."""
+    exs = [example(i, f"{i} 7{i} + 1{i} = {i + 7}", f"{70 + i} 777 77") for i in range(10)]
+    texts = [prompt_text(tiny_lm.tokenizer, e.messages) + e.response for e in exs]
+    sae = blank_sae(tiny_lm, 1, d_sae=4)
+    plant_detector(tiny_lm, sae, 1, 1, texts, [], "7")
+    probe = tokenized(tiny_lm, exs)
+    one = firing_stats(tiny_lm, {1: sae}, probe, batch_tokens=10_000, peaks=20)[1].peaks
+    many = firing_stats(tiny_lm, {1: sae}, probe, batch_tokens=40, batch_size=1, peaks=20)[1].peaks
+    assert one.shape == many.shape == (20, 4, 3)
+    np.testing.assert_allclose(np.sort(one[:, 1, 0]), np.sort(many[:, 1, 0]), rtol=1e-5)
+    assert (one[:, 1, 0] > 0).all() and np.all(np.diff(many[:, 1, 0]) <= 0)  # strongest first
 
 
 def test_the_filter_hands_special_ids_and_the_norm_guard_to_every_edit(tiny_lm, monkeypatch):

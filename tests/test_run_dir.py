@@ -56,6 +56,44 @@ def test_sae_weights_replaced_in_place_recompute(setup, tiny_lm, capsys):
     assert len(_shard_folders(setup)) == 2  # the scores were recomputed too, under another key
 
 
+def test_reference_statistics_are_reused_across_runs_and_refused_when_stale(setup, tiny_lm, tmp_path, monkeypatch):
+    """The reference pass runs once per model + SAE + reference; another task reuses it with identical
+    statistics; new SAE weights or an unreadable file make it run again."""
+    import igds.features as features
+
+    passes = []
+    real = features.firing_stats
+    monkeypatch.setattr(features, "firing_stats", lambda *a, **k: passes.append(k.get("desc")) or real(*a, **k))
+
+    def run(out, *extra):
+        passes.clear()
+        assert _run({**setup, "out": str(tmp_path / out)}, *extra) == 0
+        return pq.read_table(tmp_path / out / "feature_stats.parquet").column("ref_freq").to_pylist()
+
+    first = run("a")
+    assert passes == ["recall: task", "recall: reference"]
+    [cached] = list((tmp_path / "igds-cache" / "reference-stats").glob("*.npz"))  # conftest's folder
+    other_task = run("b", "recall.probe_size=7")  # another Stage 1, the same reference
+    assert passes == ["recall: task"] and other_task == first
+    assert run("c", "recall.probe_size=7", "recall.reference_cache=false") == first
+    assert passes == ["recall: task", "recall: reference"]
+
+    cached.write_bytes(b"not an npz")
+    run("d", "recall.probe_size=6")
+    assert passes == ["recall: task", "recall: reference"]  # unreadable: computed again, and rewritten
+    run("e", "recall.probe_size=5")
+    assert passes == ["recall: task"]
+
+    sae = blank_sae(tiny_lm, 1)  # the SAE replaced in place: the kept statistics are someone else's
+    plant_detector(tiny_lm, sae, 5, 1, [r["instruction"] for r in TASK], [r["instruction"] for r in REF], "7")
+    with torch.no_grad():
+        sae.W_enc.mul_(2)
+        sae.b_enc.mul_(2)
+    sae.save(setup["sae"])
+    run("f", "recall.probe_size=5")
+    assert passes == ["recall: task", "recall: reference"]
+
+
 def test_model_weights_replaced_in_place_recompute(setup, tiny_lm, capsys):
     assert _run(setup) == 0
     with torch.no_grad():  # other weights above the SAE's layer: same features, other model

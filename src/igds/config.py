@@ -100,6 +100,9 @@ class RecallConfig:
     min_example_freq: float = knob(0.25, ge=0, le=1)  # must fire in at least this share of task examples
     min_task_freq: float = knob(0.005, ge=0, le=1)  # ... and on at least this share of task tokens
     epsilon: float = knob(1e-3, gt=0)  # smoothing of the frequency ratio
+    # keep the reference's firing statistics in $IGDS_CACHE/reference-stats, keyed by model and SAE weights,
+    # reference tokens and positions, so that later runs (other tasks, other arms) skip the reference pass
+    reference_cache: bool = knob(True, cache=False)
 
 
 @dataclass

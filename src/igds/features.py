@@ -45,9 +45,13 @@ Benjamini-Hochberg at ``q``, confirmation on a held-out half) in
 ``on_empty`` either stops with :class:`NoFeaturesPassed` or keeps every candidate
 without a causal check ("recall only", warned); ``features.json`` records the outcome.
 
-Each candidate also records where it fires most (:func:`peak_positions`): the share of
-its strongest probe positions that are template rather than content tokens
-(:mod:`igds.content`), and the tokens there.
+Each candidate also records where it fires most (:func:`describe_peaks`, from the probe
+pass itself): the share of its strongest probe positions that are template rather than
+content tokens (:mod:`igds.content`), and the tokens there.
+
+The reference's statistics depend only on the model, the SAEs, the reference tokens and the
+counted positions, never on the task: the pipeline keeps them in a content-keyed file
+(:func:`save_stats` / :func:`load_stats`) so that later runs skip the reference pass.
 
 The result, a :class:`~igds.feature_set.FeatureSet` of typed candidates, and the schema
 of ``features.json`` live in :mod:`igds.feature_set`.
@@ -55,6 +59,7 @@ of ``features.json`` live in :mod:`igds.feature_set`.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -78,6 +83,10 @@ from .losses import target_mask
 from .model import LoadedModel, pad_id
 from .sae import SAE
 
+log = logging.getLogger(__name__)
+# strongest probe activations kept per feature for what it fires on (peak_tokens, peak_template_share)
+PEAKS = 50
+
 
 @dataclass
 class FeatureStats:
@@ -88,6 +97,9 @@ class FeatureStats:
     token_count: np.ndarray  # (d_sae,) tokens on which the feature fired
     example_count: np.ndarray  # (d_sae,) examples in which it fired at least once
     act_sum: np.ndarray  # (d_sae,) sum of activations
+    # (k, d_sae, 3), only when asked for (firing_stats(peaks=k)): each feature's k strongest activations at every
+    # non-special position but the first, as (activation, token id, content flag: 1 content, 0 template, -1 unknown)
+    peaks: np.ndarray | None = None
 
     @property
     def freq(self) -> np.ndarray:
@@ -105,24 +117,77 @@ class FeatureStats:
 @torch.no_grad()
 def firing_stats(lm: LoadedModel, saes: dict[int, SAE], examples: Sequence[TokenizedExample],
                  positions: str = "all", batch_tokens: int = 8192, batch_size: int = 32,
-                 desc: str = "recall") -> dict[int, FeatureStats]:
-    """Per-layer firing statistics over ``examples`` (padding/first/special tokens excluded)."""
+                 desc: str = "recall", peaks: int = 0) -> dict[int, FeatureStats]:
+    """Per-layer firing statistics over ``examples`` (padding/first/special tokens excluded).
+
+    ``peaks`` > 0 also keeps every feature's strongest activations (:attr:`FeatureStats.peaks`) from
+    the same forward, at all positions whatever ``positions`` counts: where a feature fires most,
+    template included, is what :func:`describe_peaks` reports."""
     acc = {L: [np.zeros(s.d_sae), np.zeros(s.d_sae), np.zeros(s.d_sae)] for L, s in saes.items()}
+    best: dict[int, np.ndarray | None] = {L: None for L in saes}
+    special = list(getattr(lm.tokenizer, "all_special_ids", []) or [])
     n_tokens = 0
     bar = tqdm(total=len(examples), desc=desc, unit="ex", leave=False)
     for batch in iter_activation_batches(lm, examples, list(saes), positions, batch_tokens, batch_size):
         counted = batch.counted
         n_tokens += int(counted.sum())
+        if peaks:
+            exs = [examples[i] for i in batch.indices]
+            width = batch.input_ids.shape[1]
+            anywhere = counted if positions == "all" else \
+                count_mask(exs, width, "all", True, special, batch.input_ids).to(counted.device)
+            content = torch.tensor([(list(map(int, e.content)) if e.content is not None else [-1] * len(e.ids))
+                                    + [-1] * (width - len(e.ids)) for e in exs])
         for layer, sae in saes.items():
-            acts = sae.encode(batch.resid[layer]) * counted.unsqueeze(-1)  # (B, S, d_sae)
+            codes = sae.encode(batch.resid[layer])  # (B, S, d_sae)
+            acts = codes * counted.unsqueeze(-1)
             fired = acts > 0
             acc[layer][0] += fired.sum(dim=(0, 1)).double().cpu().numpy()
             acc[layer][1] += fired.any(dim=1).sum(dim=0).double().cpu().numpy()
             acc[layer][2] += acts.sum(dim=(0, 1)).double().cpu().numpy()
+            if peaks:
+                peak_acts = acts if positions == "all" else codes * anywhere.unsqueeze(-1)
+                best[layer] = _merge_peaks(best[layer], peak_acts, batch.input_ids, content, peaks)
         bar.update(len(batch.indices))
         bar.set_postfix(tok=n_tokens)
     bar.close()
-    return {L: FeatureStats(n_tokens, len(examples), *acc[L]) for L in saes}
+    return {L: FeatureStats(n_tokens, len(examples), *acc[L], peaks=best[L]) for L in saes}
+
+
+def _merge_peaks(kept: np.ndarray | None, acts: torch.Tensor, input_ids: torch.Tensor, content: torch.Tensor,
+                 k: int) -> np.ndarray:
+    """The ``k`` strongest of ``kept`` and this batch's activations, per feature (earlier rows first on ties)."""
+    flat = acts.reshape(-1, acts.shape[-1]).float().cpu()
+    top = flat.topk(min(k, flat.shape[0]), dim=0)  # (k, d_sae)
+    rows = torch.stack([top.values, input_ids.flatten()[top.indices].float(),
+                        content.flatten()[top.indices].float()], dim=-1).numpy().astype(np.float64)
+    merged = rows if kept is None else np.concatenate([kept, rows])
+    order = np.argsort(-merged[..., 0], axis=0, kind="stable")[:k]
+    return np.take_along_axis(merged, order[..., None], axis=0)
+
+
+def save_stats(path: Path, stats: dict[int, FeatureStats], key: str) -> None:
+    """``stats`` (without peaks) in one ``.npz``, with the key they were made under."""
+    arrays = {f"{name}_{L}": getattr(st, name) for L, st in stats.items()
+              for name in ("token_count", "example_count", "act_sum")}
+    counts = {f"n_{L}": np.array([st.n_tokens, st.n_examples]) for L, st in stats.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), layers=np.array(sorted(stats)), **arrays, **counts)
+    tmp.replace(path)
+
+
+def load_stats(path: Path, key: str) -> dict[int, FeatureStats] | None:
+    """The statistics :func:`save_stats` wrote under ``key``; None when the file is missing, unreadable
+    or made under another key (never a stale table)."""
+    try:
+        with np.load(path) as z:
+            if str(z["key"]) != key:
+                return None
+            return {int(L): FeatureStats(int(z[f"n_{L}"][0]), int(z[f"n_{L}"][1]), z[f"token_count_{L}"],
+                                         z[f"example_count_{L}"], z[f"act_sum_{L}"]) for L in z["layers"]}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def recall_candidates(task: dict[int, FeatureStats], ref: dict[int, FeatureStats], cfg: RecallConfig,
@@ -319,37 +384,17 @@ def choose_validated(candidates: list[Candidate], cfg: FilterConfig) -> tuple[li
     return [c.key for c in candidates], [warning], outcome
 
 
-@torch.no_grad()
-def peak_positions(lm: LoadedModel, saes: dict[int, SAE], candidates: list[Candidate],
-                   probe: Sequence[TokenizedExample], k: int = 50, n_tokens: int = 10) -> None:
-    """Fill each candidate's ``peak_template_share`` and ``peak_tokens`` from its ``k`` strongest
-    activations over the probe (every non-special token but the first).
+def describe_peaks(lm: LoadedModel, candidates: list[Candidate], stats: dict[int, FeatureStats],
+                   n_tokens: int = 10) -> None:
+    """Fill each candidate's ``peak_template_share`` and ``peak_tokens`` from its strongest
+    activations over the probe (``stats`` from :func:`firing_stats` with ``peaks``).
 
     The share counts the peaks that are not content (:mod:`igds.content`: system prompt,
     chat template, a prompt_template's words) among those whose example knows its content;
     None when none does or the feature never fires."""
-    by_layer = _by_layer(candidates)
-    # per candidate: (activation, token id, content flag: 1 content, 0 template, -1 unknown) of its best positions
-    best = {c.key: np.zeros((0, 3)) for c in candidates}
-    for batch in iter_activation_batches(lm, probe, list(by_layer), "all"):
-        exs = [probe[i] for i in batch.indices]
-        width = batch.input_ids.shape[1]
-        content = torch.tensor([(list(map(int, e.content)) if e.content is not None else [-1] * len(e.ids))
-                                + [-1] * (width - len(e.ids)) for e in exs])
-        for layer, group in by_layer.items():
-            acts = saes[layer].encode(batch.resid[layer], [c.feature for c in group])
-            acts = (acts * batch.counted.unsqueeze(-1)).float().cpu()
-            for f, c in enumerate(group):
-                vals = acts[..., f].flatten()
-                top = vals.topk(min(k, vals.numel()))
-                fired = top.values > 0
-                pos = top.indices[fired]
-                rows = np.stack([top.values[fired].numpy(), batch.input_ids.flatten()[pos].numpy(),
-                                 content.flatten()[pos].numpy()], axis=1)
-                merged = np.concatenate([best[c.key], rows])
-                best[c.key] = merged[np.argsort(-merged[:, 0], kind="stable")[:k]]
     for c in candidates:
-        peaks = best[c.key]
+        peaks = stats[c.layer].peaks[:, c.feature]
+        peaks = peaks[peaks[:, 0] > 0]
         known = peaks[peaks[:, 2] >= 0]
         c.peak_template_share = round(float((known[:, 2] == 0).mean()), 4) if len(known) else None
         counts = Counter(int(t) for t in peaks[:, 1])
@@ -371,10 +416,21 @@ def promoted_tokens(lm: LoadedModel, sae: SAE, feature: int, k: int = 10) -> lis
 def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[TokenizedExample],
                        reference: Sequence[TokenizedExample], validation: Sequence[TokenizedExample],
                        recall: RecallConfig, filt: FilterConfig, seed: int = 0,
-                       stats_path: str | Path | None = None) -> FeatureSet:
-    """Stage 1: recall candidates, filter them causally, return a :class:`FeatureSet`."""
-    task_stats = firing_stats(lm, saes, probe, recall.positions, desc="recall: task")
-    ref_stats = firing_stats(lm, saes, reference, recall.positions, desc="recall: reference")
+                       stats_path: str | Path | None = None,
+                       reference_cache: tuple[Path, str] | None = None) -> FeatureSet:
+    """Stage 1: recall candidates, filter them causally, return a :class:`FeatureSet`.
+
+    ``reference_cache`` = (file, key): the reference's firing statistics are read from the file when
+    it holds them under ``key`` (they depend on the model, SAEs, reference tokens and positions, never
+    on the task), else computed and written there."""
+    task_stats = firing_stats(lm, saes, probe, recall.positions, desc="recall: task", peaks=PEAKS)
+    ref_stats = load_stats(*reference_cache) if reference_cache else None
+    if ref_stats is not None and sorted(ref_stats) == sorted(saes):
+        log.info("recall: reference statistics reused from %s", reference_cache[0])
+    else:
+        ref_stats = firing_stats(lm, saes, reference, recall.positions, desc="recall: reference")
+        if reference_cache:
+            save_stats(reference_cache[0], ref_stats, reference_cache[1])
     attribution = None
     if recall.method == "attribution" and not filt.random_candidates:
         # where the filter will edit: the screen ranks features by the same edit, to first order
@@ -392,7 +448,7 @@ def find_task_features(lm: LoadedModel, saes: dict[int, SAE], probe: Sequence[To
     if filt.enabled:
         intervention_effects(lm, saes, candidates, validation, filt, seed)
     validated, warnings, outcome = choose_validated(candidates, filt)
-    peak_positions(lm, saes, candidates, probe)
+    describe_peaks(lm, candidates, task_stats)
     for c in candidates:
         t = task_stats[c.layer]
         # per-feature scale used to normalise scores: mean activation per counted task token

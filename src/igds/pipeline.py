@@ -13,6 +13,8 @@ content and the config that matters), so re-running a command resumes it. Every 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
 import platform
@@ -35,7 +37,7 @@ from .feature_set import FeatureSet
 from .features import find_task_features
 from .inputs import (data_spec, load_saes, precision, read_examples, resolve_source, source_fingerprint,
                      split_task, weights_fingerprint)
-from .model import LoadedModel, load_model
+from .model import LoadedModel, cache_dir, load_model
 from .report import write_report
 from .report.stats import correlations
 from .sae import SAE
@@ -58,9 +60,18 @@ def _features_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], sources
                         "max_length": cfg.score.max_length,
                         "data": {k: source_fingerprint(v) for k, v in sources.items()},
                         "task": asdict(cfg.task_data), "validation": asdict(cfg.validation),
-                        "reference": asdict(cfg.reference), "recall": asdict(cfg.recall),
+                        "reference": asdict(cfg.reference), "recall": cache_view(cfg.recall),
                         "filter": cache_view(cfg.filter),
                         "chat": cfg.use_chat_template, "seed": cfg.seed})
+
+
+def _reference_key(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], reference: Sequence[Any]) -> str:
+    """What the reference's firing statistics depend on: model and SAE weights, precision, the
+    reference's tokens (with their content flags) and the counted positions; not the task."""
+    tokens = hashlib.sha256(json.dumps([[e.ids, e.prompt_len, e.content] for e in reference]).encode()).hexdigest()
+    return stable_hash({"model": lm.name, "saes": [s.describe() for _, s in sorted(saes.items())],
+                        "weights": weights_fingerprint(cfg), "dtype": precision(lm.device, lm.dtype),
+                        "device": lm.device.type, "tokens": tokens, "positions": cfg.recall.positions})
 
 
 def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Path) -> FeatureSet:
@@ -93,8 +104,13 @@ def features(cfg: RunConfig, lm: LoadedModel, saes: dict[int, SAE], run_dir: Pat
         return [tokenize_example(tok, e, L, cfg.use_chat_template) for e in exs]
 
     started = time.time()
-    fs = find_task_features(lm, saes, toks(probe), toks(reference), toks(val), cfg.recall, cfg.filter,
-                            seed=cfg.seed, stats_path=run_dir / "feature_stats.parquet")
+    ref_tokens = toks(reference)
+    ref_cache = None
+    if cfg.recall.reference_cache:
+        ref_key = _reference_key(cfg, lm, saes, ref_tokens)
+        ref_cache = (cache_dir() / "reference-stats" / f"{ref_key}.npz", ref_key)
+    fs = find_task_features(lm, saes, toks(probe), ref_tokens, toks(val), cfg.recall, cfg.filter,
+                            seed=cfg.seed, stats_path=run_dir / "feature_stats.parquet", reference_cache=ref_cache)
     fs.info.cache_key, fs.info.seconds = key, round(time.time() - started, 2)
     fs.info.task_source, fs.info.reference_source = sources["task"], sources["reference"]
     fs.info.rejects = rejects.rows
