@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,42 @@ def test_attribution_recall_ranks_the_helpful_detector_first_and_drops_the_harmf
     assert fs.candidates[0].attribution_t > 2
     assert FeatureSet.from_dict(json.loads(json.dumps(fs.to_dict()))).candidates[0].attribution_t == \
         fs.candidates[0].attribution_t
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk"])
+def test_firing_statistics_equal_the_dense_count_over_many_batches(tiny_lm, architecture):
+    """The sparse accumulation (firing entries only; a TopK SAE's k chosen features without the dense
+    codes) against a dense count of ``encode``: many features firing, batches of a few examples,
+    counted positions only."""
+    from igds.activations import iter_activation_batches
+    from igds.sae import SAE
+
+    torch.manual_seed(3)
+    sae = SAE(tiny_lm.d_model, 32, architecture, k=5 if architecture == "topk" else None)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.b_enc.normal_(-0.2, 0.2)
+        sae.W_dec.normal_(0, 0.1)
+    exs = tokenized(tiny_lm, [example(i, t, "7 and 77") for i, t in enumerate(TASK + REF)])
+    stats = firing_stats(tiny_lm, {1: sae}, exs, "response", batch_tokens=120, batch_size=3, peaks=6)[1]
+    token_count, example_count, act_sum = (torch.zeros(32, dtype=torch.float64) for _ in range(3))
+    n_tokens, everywhere = 0, []
+    for batch in iter_activation_batches(tiny_lm, exs, [1], "response", max_tokens=10_000):
+        with torch.no_grad():
+            codes = sae.encode(batch.resid[1])
+        acts = codes * batch.counted.unsqueeze(-1)
+        n_tokens += int(batch.counted.sum())
+        token_count += (acts > 0).sum(dim=(0, 1))
+        example_count += (acts > 0).any(dim=1).sum(dim=0)
+        act_sum += acts.sum(dim=(0, 1)).double()
+    assert stats.n_tokens == n_tokens and 0 < (token_count > 0).sum() < 32  # some features fire, not all
+    np.testing.assert_array_equal(stats.token_count, token_count.numpy())
+    np.testing.assert_array_equal(stats.example_count, example_count.numpy())
+    np.testing.assert_allclose(stats.act_sum, act_sum.numpy(), rtol=1e-5)
+    assert (stats.example_count < stats.token_count).any()  # a feature firing twice in an example counts once there
+    # the peaks: each feature's 6 strongest activations at every position (prompt too), whatever recall counts
+    for batch in iter_activation_batches(tiny_lm, exs, [1], "all", max_tokens=10_000):
+        with torch.no_grad():
+            everywhere.append((sae.encode(batch.resid[1]) * batch.counted.unsqueeze(-1)).reshape(-1, 32))
+    dense_top = torch.cat(everywhere).topk(6, dim=0).values.numpy()
+    np.testing.assert_allclose(stats.peaks[..., 0], dense_top, rtol=1e-5)

@@ -386,3 +386,23 @@ def test_igds_jaccard_shares_the_pool_pass_with_embed_and_mona(planted_ctx, monk
                                shared=shared)
         run_selector(name, SEVENS_POOL, ctx)
     assert len(calls) == 2  # one pass over the task, one over the pool, for all three
+
+
+def test_mean_codes_of_a_topk_sae_from_its_k_values_equal_the_dense_mean(tiny_lm, monkeypatch):
+    """ExampleMeans adds a TopK SAE's k chosen values per token (no dense codes); the mean code must be
+    the one the dense ``encode`` gives, chunk boundaries included."""
+    from igds.sae import SAE
+    from igds.selectors.sae_means import ExampleMeans
+
+    torch.manual_seed(5)
+    sae = SAE(tiny_lm.d_model, 48, "topk", k=6, metadata={"layer": 1})
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.b_enc.normal_(0, 0.2)
+    means = ExampleMeans(tiny_lm, sae, max_length=128, chunk_tokens=7)
+    sparse = [c for _, _, c, _ in means.batches(SEVENS_POOL)]
+    monkeypatch.setattr(sae, "encode_sparse", lambda x: None)  # the dense path
+    dense = [c for _, _, c, _ in means.batches(SEVENS_POOL)]
+    assert (torch.cat(dense) > 0).sum(dim=1).min() > 6  # the means mix several tokens' k features
+    for a, b in zip(sparse, dense):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

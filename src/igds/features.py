@@ -139,31 +139,54 @@ def firing_stats(lm: LoadedModel, saes: dict[int, SAE], examples: Sequence[Token
             content = torch.tensor([(list(map(int, e.content)) if e.content is not None else [-1] * len(e.ids))
                                     + [-1] * (width - len(e.ids)) for e in exs])
         for layer, sae in saes.items():
-            codes = sae.encode(batch.resid[layer])  # (B, S, d_sae)
-            acts = codes * counted.unsqueeze(-1)
-            fired = acts > 0
-            acc[layer][0] += fired.sum(dim=(0, 1)).double().cpu().numpy()
-            acc[layer][1] += fired.any(dim=1).sum(dim=0).double().cpu().numpy()
-            acc[layer][2] += acts.sum(dim=(0, 1)).double().cpu().numpy()
+            # every firing entry (a TopK SAE fires k of d_sae per token): the statistics need nothing else
+            rows, pos, f, vals = _firing_entries(sae, batch.resid[layer], anywhere if peaks else counted)
             if peaks:
-                peak_acts = acts if positions == "all" else codes * anywhere.unsqueeze(-1)
-                best[layer] = _merge_peaks(best[layer], peak_acts, batch.input_ids, content, peaks)
+                best[layer] = _merge_peaks(best[layer], rows * counted.shape[1] + pos, f, vals, sae.d_sae,
+                                           batch.input_ids, content, peaks)
+                if positions != "all":  # the statistics count ``positions`` only
+                    keep = counted[rows, pos]
+                    rows, f, vals = rows[keep], f[keep], vals[keep]
+            d = sae.d_sae
+            acc[layer][0] += torch.bincount(f, minlength=d).double().cpu().numpy()
+            acc[layer][1] += torch.bincount(torch.unique(rows * d + f) % d, minlength=d).double().cpu().numpy()
+            acc[layer][2] += torch.bincount(f, weights=vals.double(), minlength=d).cpu().numpy()
         bar.update(len(batch.indices))
         bar.set_postfix(tok=n_tokens)
     bar.close()
     return {L: FeatureStats(n_tokens, len(examples), *acc[L], peaks=best[L]) for L in saes}
 
 
-def _merge_peaks(kept: np.ndarray | None, acts: torch.Tensor, input_ids: torch.Tensor, content: torch.Tensor,
-                 k: int) -> np.ndarray:
-    """The ``k`` strongest of ``kept`` and this batch's activations, per feature (earlier rows first on ties)."""
-    flat = acts.reshape(-1, acts.shape[-1]).float().cpu()
-    top = flat.topk(min(k, flat.shape[0]), dim=0)  # (k, d_sae)
-    rows = torch.stack([top.values, input_ids.flatten()[top.indices].float(),
-                        content.flatten()[top.indices].float()], dim=-1).numpy().astype(np.float64)
-    merged = rows if kept is None else np.concatenate([kept, rows])
-    order = np.argsort(-merged[..., 0], axis=0, kind="stable")[:k]
-    return np.take_along_axis(merged, order[..., None], axis=0)
+def _firing_entries(sae: SAE, resid: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(row, position, feature, activation) of every activation > 0 at the ``where`` positions of a
+    (B, S, d_model) batch: from a TopK SAE's k chosen features, else from the dense codes."""
+    sparse = sae.encode_sparse(resid)
+    if sparse is None:
+        codes = sae.encode(resid)
+        rows, pos, f = ((codes > 0) & where.unsqueeze(-1)).nonzero(as_tuple=True)
+        return rows, pos, f, codes[rows, pos, f].float()
+    vals, idx = sparse  # (B, S, k)
+    rows, pos, j = ((vals > 0) & where.unsqueeze(-1)).nonzero(as_tuple=True)
+    return rows, pos, idx[rows, pos, j], vals[rows, pos, j].float()
+
+
+def _merge_peaks(kept: np.ndarray | None, flat: torch.Tensor, f: torch.Tensor, vals: torch.Tensor, d: int,
+                 input_ids: torch.Tensor, content: torch.Tensor, k: int) -> np.ndarray:
+    """The ``k`` strongest of ``kept`` and this batch's firing entries (flat position ``flat``, feature
+    ``f``, activation ``vals``), per feature, as a (k, d, 3) array of (activation, token id, content
+    flag); zeros where a feature fired fewer times."""
+    order = torch.sort(-vals, stable=True).indices  # strongest first ...
+    order = order[torch.sort(f[order], stable=True).indices]  # ... within each feature
+    f, vals, flat = f[order].cpu(), vals[order].cpu(), flat[order].cpu()
+    counts = torch.bincount(f, minlength=d)
+    rank = torch.arange(len(f)) - (torch.cumsum(counts, 0) - counts)[f]
+    top = rank < k
+    rows = torch.zeros((k, d, 3), dtype=torch.float64)
+    rows[rank[top], f[top]] = torch.stack([vals[top].double(), input_ids.flatten().cpu()[flat[top]].double(),
+                                           content.flatten()[flat[top]].double()], dim=-1)
+    merged = rows.numpy() if kept is None else np.concatenate([kept, rows.numpy()])
+    best = np.argsort(-merged[..., 0], axis=0, kind="stable")[:k]  # kept rows first on ties
+    return np.take_along_axis(merged, best[..., None], axis=0)
 
 
 def save_stats(path: Path, stats: dict[int, FeatureStats], key: str) -> None:

@@ -146,6 +146,16 @@ class SAE(nn.Module):
         """Feature activations, all of them or only the columns ``features``."""
         return self._encode_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], features)
 
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A TopK SAE's k chosen features per token as (activations, feature indices), each (..., k):
+        what :meth:`encode` scatters into the dense (..., d_sae) tensor, without building it. None for
+        the other architectures, which have no fixed number of active features (use :meth:`encode`)."""
+        if self.architecture != "topk":
+            return None
+        pre = self._pre_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], None)
+        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        return vals.relu(), idx
+
     def output_scale(self, x: torch.Tensor) -> torch.Tensor | float:
         """Factor mapping a normalised-space write back to the raw residual of ``x``."""
         if self.normalize_activations == "constant_norm_rescale":

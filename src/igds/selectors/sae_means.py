@@ -65,8 +65,13 @@ class ExampleMeans:
             code_sum = torch.zeros(B, self.sae.d_sae, device=flat.device)
             # chunks over tokens: all latents of a whole batch at once can be gigabytes
             for s in range(0, flat.shape[0], self.chunk_tokens):
-                code_sum.index_add_(0, row[s:s + self.chunk_tokens],
-                                    self.sae.encode(flat[s:s + self.chunk_tokens]).float())
+                rows, chunk = row[s:s + self.chunk_tokens], flat[s:s + self.chunk_tokens]
+                sparse = self.sae.encode_sparse(chunk)  # a TopK SAE: add its k values, not d_sae zeros
+                if sparse is None:
+                    code_sum.index_add_(0, rows, self.sae.encode(chunk).float())
+                else:
+                    vals, idx = sparse
+                    code_sum.index_put_((rows.unsqueeze(1).expand_as(idx), idx), vals.float(), accumulate=True)
             count = counted.sum(dim=1)
             denom = count.clamp_min(1).unsqueeze(-1).float()
             yield batch.indices, resid_sum / denom, code_sum / denom, count
