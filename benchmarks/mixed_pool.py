@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-finetune", action="store_true", help="selection table only")
     ap.add_argument("--out", help="default: benchmarks/results/NAME.md")
+    ap.add_argument("--sae", help="the SAE every SAE arm reads (default: the one the quality config pins, v1); "
+                                  "NAME gets the suffix -sae-<its folder or 'default'>")
     args = ap.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ARMS]
@@ -408,7 +410,11 @@ def pool_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, int
     n_near = args.near_examples if spec.math_near else 0
     n_other = args.other_examples if args.other_examples is not None else 400 - args.task_examples - n_near
     name = pool_name(args.pool, args.leaky)
-    cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{spec.task}.yaml")
+    overrides = []
+    if args.sae:
+        name += "-sae-" + ("default" if args.sae == "default" else Path(args.sae).name)
+        overrides.append(f"igds.sae.paths=[{args.sae}]")
+    cfg = load_experiment_config(ROOT / "benchmarks" / "quality" / f"{spec.task}.yaml", overrides)
     run_dir = ROOT / "runs" / "bench" / name
     pool_path = run_dir / "data" / "mixed_pool.jsonl"
     labels = build_pool(spec, get_task(cfg.task), cfg.igds.pool.path, args.task_examples, n_near, n_other,
@@ -426,6 +432,7 @@ def pool_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, int
 def command_line(args: argparse.Namespace, arms: list[str]) -> str:
     """The command that regenerates this table."""
     cmd = f"python benchmarks/mixed_pool.py --pool {args.pool}" + (" --leaky" if args.leaky else "")
+    cmd += f" --sae {args.sae}" if args.sae else ""
     if arms != list(ARMS):
         cmd += f" --arms {','.join(arms)}"
     return cmd + (" --no-finetune" if args.no_finetune else "")
