@@ -154,6 +154,16 @@ def test_pool_names_keep_the_old_leaky_blocks():
     assert pool_name("math-random", False) == "mixed-math-random-template-free"
 
 
+def test_the_command_beside_a_table_names_its_sae():
+    from mixed_pool import ARMS, command_line
+
+    args = SimpleNamespace(pool="summarization-length-matched", leaky=False, sae="default", no_finetune=True)
+    assert command_line(args, ["igds", "mona"]) == ("python benchmarks/mixed_pool.py --pool summarization-length-matched"
+                                                     " --sae default --arms igds,mona --no-finetune")
+    assert "--sae" not in command_line(SimpleNamespace(pool="math-near", leaky=False, sae=None, no_finetune=False),
+                                       list(ARMS))
+
+
 # ---------------------------------------------------------------- arms: cached, resumed, diagnosed
 class _Exp:
     """The part of igds.experiment.Experiment the arms read, over a file pool (no model)."""
