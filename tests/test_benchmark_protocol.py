@@ -79,3 +79,20 @@ def test_archiving_never_overwrites_a_kept_base_result(tmp_path, monkeypatch):
     assert protocol.archive(exp, "summarization", restore=False) == 1 and kept.read_text() == live.read_text()
     kept.write_text('{"key": "current-kept"}')
     assert protocol.archive(exp, "summarization", restore=False) == 0 and "current-kept" in kept.read_text()
+
+
+@pytest.mark.parametrize("task", ["summarization", "math", "translation"])
+def test_every_archived_run_still_has_the_key_the_code_computes(task, shared_data, monkeypatch):
+    """A knob added to a config section must not change the keys of finished runs (it is ``late`` or
+    outside the key): otherwise every archived run is silently redone, or the table loses them."""
+    import protocol
+    from igds.artifacts import read_json
+    from igds.experiment import Experiment, load_experiment_config
+
+    monkeypatch.chdir(protocol.ROOT)  # the configs' relative paths (data, the pinned v1 SAE)
+    exp = Experiment(load_experiment_config(protocol.CONFIGS / f"{task}.yaml"))
+    kept = {p.stem: read_json(p) for p in (protocol.ARCHIVE / task).glob("*-s*.json")}
+    assert len(kept) >= 15
+    planned = {protocol.run_id(*p): p for p in exp.plan()}
+    for run, result in kept.items():
+        assert result["key"] == exp.run_key(*planned[run]), run

@@ -102,7 +102,7 @@ class RecallConfig:
     epsilon: float = knob(1e-3, gt=0)  # smoothing of the frequency ratio
     # keep the reference's firing statistics in $IGDS_CACHE/reference-stats, keyed by model and SAE weights,
     # reference tokens and positions, so that later runs (other tasks, other arms) skip the reference pass
-    reference_cache: bool = knob(True, cache=False)
+    reference_cache: bool = knob(True, cache=False, late=True)
 
 
 @dataclass
