@@ -81,7 +81,7 @@ from splice import splice
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGDS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 # each runs Stage 1; igds is the default (no causal filter at this scale), igds_filtered turns the filter on
-IGDS_ARMS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper")
+IGDS_ARMS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper", "igds_content")
 # igds_jaccard before embed and mona: the three share one forward pass, and igds_jaccard's screen comes first
 SAE_MEAN_ARMS = ("igds_jaccard", "embed", "mona")
 ARMS = ("random", "loss", "ifd", "zip", "longest", "dsir", "bm25", *SAE_MEAN_ARMS, *IGDS_ARMS, *IGDS_DERIVED,

@@ -115,6 +115,11 @@ def test_preset_paper_goes_under_the_users_file_and_flags(tmp_path):
     arm = run_config(exp, "igds_paper")
     assert arm.filter.estimator == "amplify" and arm.preset == "paper" and exp.igds.filter.estimator == "screened"
     assert method_dir(tmp_path, "igds_paper") == tmp_path / "ablations" / "igds_paper"
+    # the igds_content arm: every stage on content positions, the rest of the igds section unchanged
+    content = run_config(exp, "igds_content")
+    assert (content.recall.positions, content.filter.positions, content.score.positions) == ("content",) * 3
+    assert exp.igds.score.positions == "all" and content.filter.estimator == exp.igds.filter.estimator
+    assert method_dir(tmp_path, "igds_content") == tmp_path / "ablations" / "igds_content"
 
 
 def test_filter_alpha_must_amplify():

@@ -34,7 +34,8 @@ from .config_tools import (ConfigError, cache_view, check, dump_config, field_he
 # The derived arms re-read igds's own score table (no second Stage 1): igds_low takes the lowest
 # scores first (the direction check), igds_quota / igds_coverage its select modes quota / coverage.
 IGDS_DERIVED = ("igds_low", "igds_quota", "igds_coverage")
-IGDS_METHODS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper", *IGDS_DERIVED)
+IGDS_METHODS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper", "igds_content",
+                *IGDS_DERIVED)
 
 # Named bundles of settings (`igds run --preset NAME`, `preset: NAME` in a YAML), applied under the user's
 # own file and flags. The experiment arm `igds_paper` is the igds section with the "paper" preset on top.
@@ -46,6 +47,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "filter.enabled": True, "filter.positions": "all", "filter.estimator": "amplify",
               "score.positions": "all", "score.aggregation": "mean", "score.combine": "mean",
               "select.mode": "top"},
+    # Every stage reads the record's own text only (ours): no system prompt, chat template or prompt_template
+    # words, so format features neither get recalled nor score rows (the experiment arm igds_content).
+    "content": {"recall.positions": "content", "filter.positions": "content", "score.positions": "content"},
 }
 DATA_SECTIONS = ("pool", "task_data", "validation")
 

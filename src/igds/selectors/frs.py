@@ -17,7 +17,8 @@ The selector checks that the table lists ``pool``'s ids in order. Variants:
 recalled candidates whose edit measurably helps score); ``igds_recall_only`` turns it off
 whatever the config says (every recalled candidate scores); ``igds_random_candidates``
 draws random features instead of recalling them (through the filter when it is on). ``igds_paper`` is IGDS with the ``paper`` preset (:data:`igds.config.PRESETS`)
-on its config: the paper's method as far as it is known, to compare our defaults against.
+on its config: the paper's method as far as it is known, to compare our defaults against;
+``igds_content`` puts the ``content`` preset on it (every stage reads the record's own text only).
 
 Derived arms (:class:`IGDSDerived`) re-read igds's own score table (same features, same
 scores; give igds's ``run_dir`` and its stages are reused, not re-run) and turn it into a
@@ -108,6 +109,14 @@ class IGDSPaper(IGDSSelector):
     frequency recall, the amplification filter, top-k by mean resonance. Give it its own run_dir."""
 
     preset = "paper"
+
+
+@register("igds_content")
+class IGDSContent(IGDSSelector):
+    """IGDS on content positions only (``igds.config.PRESETS["content"]``): recall, filter and score
+    read the record's own text, never the system prompt, chat template or instruction words."""
+
+    preset = "content"
 
 
 class IGDSDerived(IGDSSelector):
