@@ -128,9 +128,9 @@ class SAE(nn.Module):
     def _encode_normalized(self, x: torch.Tensor, features: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         if self.architecture == "topk":
             pre = self._pre_normalized(x, None)  # the top-k needs every pre-activation
-            vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+            vals, idx = self._top_k(pre)
             if features is None:
-                return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+                return torch.zeros_like(pre).scatter_(-1, idx, vals)
             # a feature is on iff it reaches the k-th largest pre-activation; this skips
             # materialising the dense (tokens, d_sae) activation tensor for a few columns
             sel = pre[..., torch.as_tensor(features, dtype=torch.long, device=pre.device)]
@@ -152,7 +152,10 @@ class SAE(nn.Module):
         the other architectures, which have no fixed number of active features (use :meth:`encode`)."""
         if self.architecture != "topk":
             return None
-        pre = self._pre_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], None)
+        return self._top_k(self._pre_normalized(self._normalize_in(x.to(self.W_enc.dtype))[0], None))
+
+    def _top_k(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k largest pre-activations per token, rectified, and their feature indices."""
         vals, idx = pre.topk(self.k, dim=-1, sorted=False)
         return vals.relu(), idx
 
