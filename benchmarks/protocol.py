@@ -38,20 +38,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "protocol"
 TASKS = ("summarization", "math", "translation")
 METHODS = ("full", "random", "igds", "igds_recall_only", "igds_random_candidates",
-           "igds_paper", "igds_quota", "igds_coverage", "igds_low")
+           "igds_paper", "igds_quota", "igds_coverage", "igds_low", "igds_zscore", "igds_content", "igds_jaccard")
 LABELS = {"full": "Full (100%)", "random": "Random", "igds": "**IGDS**",
           "igds_recall_only": "IGDS, recall only (no causal filter)",
           "igds_random_candidates": "IGDS, random candidates (no recall)",
           "igds_paper": "IGDS, paper preset (amplification filter)",
           "igds_quota": "IGDS, quota selection", "igds_coverage": "IGDS, coverage selection",
-          "igds_low": "IGDS, lowest scores (direction check)"}
-# (A, B): the claim "A is better than B", each checked by the pre-registered rule. The last six came with
-# the arms of issue #13 (registered 2026-12-03, before any of their runs); a task runs the arms its config lists.
+          "igds_low": "IGDS, lowest scores (direction check)",
+          "igds_zscore": "IGDS, effect-weighted z-scores", "igds_content": "IGDS, content positions",
+          "igds_jaccard": "igds_jaccard (whole code, causal weights)"}
+# (A, B): the claim "A is better than B", each checked by the pre-registered rule. Claims 7-12 came with
+# the first arms of issue #13, claims 13-18 with its second batch (both registered 2026-12-03, before any
+# of their runs); a task runs the arms its config lists.
 COMPARISONS = (("igds", "random"), ("igds", "full"), ("igds", "igds_recall_only"),
                ("igds", "igds_random_candidates"), ("igds_recall_only", "random"),
                ("igds_random_candidates", "random"),
                ("igds_paper", "random"), ("igds_quota", "random"), ("igds_coverage", "random"),
-               ("igds_quota", "igds"), ("igds_coverage", "igds"), ("igds", "igds_low"))
+               ("igds_quota", "igds"), ("igds_coverage", "igds"), ("igds", "igds_low"),
+               ("igds_zscore", "random"), ("igds_content", "random"), ("igds_jaccard", "random"),
+               ("igds_zscore", "igds"), ("igds_content", "igds"), ("igds_jaccard", "igds"))
 THRESHOLD = 2.0  # pooled standard errors
 # Finished runs' result.json files, kept in the repository: the runs/ folder does not outlive the
 # machine, and a sitting may end mid-protocol. Before a task runs they are put back under runs/

@@ -201,3 +201,35 @@ def test_pool_wide_combination_is_computed_over_every_shard(tiny_lm, planted, tm
     assert all(np.isnan(pq.read_table(p).column("score").to_numpy()).all() for p in shards)
     n_resonant = sum(r["resonant"] for r in rows)
     assert all(rows[i]["resonant"] for i in select_indices(sharded, budget=n_resonant))
+
+
+def test_igds_zscore_arm_is_the_pipelines_zscore_of_igds_table(tiny_lm, planted, tmp_path):
+    """The derived arm re-combines igds's (mean-combined) table exactly as score.combine=zscore
+    does in the pipeline, effect weights included; without features it refuses."""
+    from igds.config import SelectConfig
+    from igds.selectors.frs import derive_table
+
+    saes, _ = planted
+    # F2 (always on) has the larger effect: the weights decide which feature leads the ranking
+    fs = FeatureSet(candidates=[Candidate("L1/F5", 1, 5, scale=0.5, validated=True, effect=effect(0.05)),
+                                Candidate("L1/F2", 1, 2, scale=1.0, validated=True, effect=effect(0.2))],
+                    validated=["L1/F5", "L1/F2"])
+    write_pool(tmp_path / "pool.jsonl")
+    pool = str(tmp_path / "pool.jsonl")
+    mean = score_pool(tiny_lm, saes, fs, pool, DataSpec(), ScoreConfig(combine="mean"), tmp_path / "a").table
+    zscore = score_pool(tiny_lm, saes, fs, pool, DataSpec(), ScoreConfig(combine="zscore"), tmp_path / "b").table
+    derived = derive_table("igds_zscore", mean, SelectConfig(), fs)
+    np.testing.assert_allclose(derived.column("score").to_numpy(), zscore.column("score").to_numpy(),
+                               rtol=1e-6, atol=1e-9)
+    assert derived.column("id").to_pylist() == mean.column("id").to_pylist()
+    assert table_meta(derived)["weights"] == {"L1/F5": pytest.approx(0.2), "L1/F2": pytest.approx(0.8)}
+    equal = derive_table("igds_zscore", mean, SelectConfig(),
+                         FeatureSet(candidates=[Candidate(c.key, 1, c.feature, scale=c.scale, validated=True)
+                                                for c in fs.candidates], validated=fs.validated))
+    assert table_meta(equal)["weights"] == {"L1/F5": 0.5, "L1/F2": 0.5}  # no effects measured: equal weights
+    assert not np.allclose(equal.column("score").to_numpy(), derived.column("score").to_numpy())
+    with pytest.raises(ValueError, match="needs igds's validated features"):
+        derive_table("igds_zscore", mean, SelectConfig(), None)
+    other = FeatureSet(candidates=[Candidate("L1/F9", 1, 9, validated=True)], validated=["L1/F9"])
+    with pytest.raises(ValueError, match="lacks the columns"):
+        derive_table("igds_zscore", mean, SelectConfig(), other)

@@ -141,20 +141,32 @@ def test_experiment_derives_its_arms_from_one_igds_table(monkeypatch, tmp_path):
     pool.write_text("".join(json.dumps({"id": i, "prompt": f"q {i}", "completion": "a"}) + "\n" for i in POOL_IDS))
     test = tmp_path / "test.jsonl"
     test.write_text(json.dumps({"id": "t0", "prompt": "q", "completion": "a"}) + "\n")
+    from igds.feature_set import Candidate, Effect, FeatureSet
+    from igds.scoring import combine_scores
+
+    def measured(j, delta):
+        return Candidate(f"L1/F{j}", 1, j, validated=True, effect=Effect(
+            metric="ref_loss", alpha=2.0, n=32, mean_delta=delta, se=0.01, ci_low=0.0, ci_high=0.0))
+
+    features = FeatureSet(candidates=[measured(0, 0.1), measured(1, 0.3)], validated=["L1/F0", "L1/F1"])
     calls = []
-    monkeypatch.setattr(runner, "igds_scores", lambda lm, rc, run_dir: (calls.append(run_dir) or IGDS_TABLE, None))
+    monkeypatch.setattr(runner, "igds_scores", lambda lm, rc, run_dir: (calls.append(run_dir) or IGDS_TABLE, features))
     settings = {"task": {"name": "q", "prompt_field": "prompt", "response_field": "completion",
                          "metric": "exact_match"},
                 "igds": {"out": str(tmp_path / "run"), "pool": {"path": str(pool)}, "task_data": {"path": str(pool)},
                          "report": False},
-                "eval": {"paths": [str(test)]}, "methods": ["igds_low", "igds_quota", "igds", "random"],
+                "eval": {"paths": [str(test)]}, "methods": ["igds_low", "igds_quota", "igds_zscore", "igds", "random"],
                 "task_data_excludes_pool": False}
     exp = runner.Experiment(runner.load_experiment_config(None, settings), lm=object())
-    low, quota, igds = (exp.table(m, 0) for m in ("igds_low", "igds_quota", "igds"))
+    low, quota, zscore, igds = (exp.table(m, 0) for m in ("igds_low", "igds_quota", "igds_zscore", "igds"))
     assert calls == [tmp_path / "run"]  # Stage 1 + 2 once, in igds's own folder
     assert runner.method_dir(tmp_path / "run", "igds_low") == tmp_path / "run"
     assert select_indices(low, budget=7) == select_indices(igds, budget=7)[::-1]
     assert select_indices(quota, budget=4) == [0, 4, 1, 5]
+    # igds's features and their effects (1:3) weigh the z-scores: B's rows lead, not A's as in igds's mean
+    expected = combine_scores(np.array([A, B]).T, "zscore", np.array([0.25, 0.75]))
+    np.testing.assert_allclose(zscore.column("score").to_numpy(), expected)
+    assert select_indices(zscore, budget=2) == [4, 5]
     assert exp.run_key("igds_low", 0.5, 0) != exp.run_key("igds", 0.5, 0)
     with pytest.raises(ConfigError, match="igds.select.mode: experiments select the top"):
         runner.load_experiment_config(None, {**settings, "igds": {**settings["igds"], "select": {"mode": "quota"}}})

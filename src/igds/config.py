@@ -32,8 +32,9 @@ from .config_tools import (ConfigError, cache_view, check, dump_config, field_he
 # IGDS and its ablations run through the pipeline (features cached per method); every other
 # experiment method is a selector of the registry in igds.selectors, which checks its name.
 # The derived arms re-read igds's own score table (no second Stage 1): igds_low takes the lowest
-# scores first (the direction check), igds_quota / igds_coverage its select modes quota / coverage.
-IGDS_DERIVED = ("igds_low", "igds_quota", "igds_coverage")
+# scores first (the direction check), igds_quota / igds_coverage its select modes quota / coverage,
+# igds_zscore its features combined by score.combine=zscore (effect-weighted z-scores).
+IGDS_DERIVED = ("igds_low", "igds_quota", "igds_coverage", "igds_zscore")
 IGDS_METHODS = ("igds", "igds_filtered", "igds_recall_only", "igds_random_candidates", "igds_paper", "igds_content",
                 *IGDS_DERIVED)
 

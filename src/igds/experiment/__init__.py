@@ -5,8 +5,9 @@ One experiment compares selection methods at equal budgets on one task:
 * ``igds`` (the full method), ``igds_recall_only`` (no causal filter) and
   ``igds_random_candidates`` (random features through the causal filter): score tables
   from :func:`igds.pipeline.igds_scores`; ``igds_low`` (lowest scores first),
-  ``igds_quota`` and ``igds_coverage`` (select modes quota / coverage) re-read igds's own
-  table (:mod:`igds.selectors.frs`; Stage 1 runs once);
+  ``igds_quota`` and ``igds_coverage`` (select modes quota / coverage) and ``igds_zscore``
+  (effect-weighted z-scores) re-read igds's own table and features
+  (:mod:`igds.selectors.frs`; Stage 1 runs once);
 * ``random``, ``loss``, ``ifd``, ``zip``, ``longest`` and every other selector registered in
   :mod:`igds.selectors` (scored through its registry; method names are checked against it);
 * ``full``: the whole pool (one run per seed; its ratio is 1.0).

@@ -283,7 +283,7 @@ class Experiment:
             return self._tables[mem]
         if method in IGDS_DERIVED:  # igds's own table, re-read: no second Stage 1
             select = run_config(self.cfg, method, self.data()).select
-            table = derive_table(method, self.table("igds", 0), select)
+            table = derive_table(method, self.table("igds", 0), select, self.features())
         elif method in IGDS_METHODS:
             rc = run_config(self.cfg, method, self.data())
             mdir = method_dir(self.run_dir, method)

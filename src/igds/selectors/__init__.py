@@ -25,8 +25,9 @@ igds, igds_filtered,     the Feature-Resonant Score (filter off by default;     
 igds_recall_only,        igds_filtered turns it on) and its ablations;
 igds_random_candidates,  options ``config`` (RunConfig) and ``run_dir``
 igds_paper
-igds_low, igds_quota,    igds's own table: lowest first, or in select mode     model + options
-igds_coverage            quota / coverage (:mod:`igds.selectors.frs`)
+igds_low, igds_quota,    igds's own table: lowest first, in select mode        model + options
+igds_coverage,           quota / coverage, or combined as effect-weighted
+igds_zscore              z-scores (:mod:`igds.selectors.frs`)
 =======================  ====================================================  =================
 
 ``dsir`` and ``bm25`` need the extra ``igds[select]``. Each selector's own options

@@ -27,6 +27,8 @@ table whose top rows are the arm's selection:
 * ``igds_low``: the lowest Feature-Resonant Scores first (score and ``f:`` columns
   negated; NaN rows stay last), to check the direction: the authors' earlier translation
   paper selected the rows that activate the task features least;
+* ``igds_zscore``: igds's features combined by ``score.combine=zscore`` (z-score over the pool,
+  weighted by causal effect), to measure the combination against igds's plain mean;
 * ``igds_quota`` / ``igds_coverage``: :func:`igds.selection.select_rows` in mode
   ``quota`` / ``coverage`` (``config.select.gate``). Both pick orders do not depend on
   the budget, so the table's score is the pick order (first pick highest) and any budget
@@ -47,7 +49,9 @@ import pyarrow as pa
 
 from ..config import RunConfig, SelectConfig, with_preset
 from ..data import Example
+from ..feature_set import FeatureSet
 from ..pipeline import igds_scores
+from ..scoring import combine_scores, effect_weights
 from ..selection import FEATURE_PREFIX, budget_for, select_rows, table_meta, top_order
 from .base import SelectionContext, Selector, check_table, get_selector, register
 
@@ -60,12 +64,16 @@ class IGDSSelector(Selector):
     preset: ClassVar[str | None] = None  # igds.config.PRESETS entry put on the config first
 
     def score(self, pool: Sequence[Example], ctx: SelectionContext) -> pa.Table:
+        table, _features = self.scores(ctx)
+        return check_table(self.name, table, pool)
+
+    def scores(self, ctx: SelectionContext) -> tuple[pa.Table, FeatureSet]:
+        """(score table, validated features) of this arm's stages, run or resumed in ``run_dir``."""
         o = self.options(ctx, config=None, run_dir=None)
         if o["config"] is None or o["run_dir"] is None:
             raise ValueError(f"selector {self.name!r} needs options config (a RunConfig whose pool section is "
                              f"this pool) and run_dir (where its stages write and resume)")
-        table, _features = igds_scores(self.model(ctx), self.configure(o["config"]), o["run_dir"])
-        return check_table(self.name, table, pool)
+        return igds_scores(self.model(ctx), self.configure(o["config"]), o["run_dir"])
 
     @classmethod
     def configure(cls, cfg: RunConfig) -> RunConfig:
@@ -122,13 +130,17 @@ class IGDSContent(IGDSSelector):
 class IGDSDerived(IGDSSelector):
     """An arm computed from igds's own score table (:meth:`derive`), not from a run of its own."""
 
+    reads_features: ClassVar[bool] = False  # derive needs igds's validated features, not only its table
+
     def score(self, pool: Sequence[Example], ctx: SelectionContext) -> pa.Table:
-        table = super().score(pool, ctx)
-        return check_table(self.name, self.derive(table, ctx.options["config"].select), pool)
+        table, features = self.scores(ctx)
+        check_table(self.name, table, pool)
+        return check_table(self.name, self.derive(table, features, ctx.options["config"].select), pool)
 
     @abstractmethod
-    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
-        """This arm's table from igds's ``table`` (``select``: the run's selection settings)."""
+    def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
+        """This arm's table from igds's ``table`` and validated ``features`` (``select``: the run's
+        selection settings)."""
 
     def _with_score(self, table: pa.Table, score: np.ndarray, **meta: Any) -> pa.Table:
         out = table.set_column(table.column_names.index("score"), "score", pa.array(score, type=pa.float64()))
@@ -148,7 +160,7 @@ def _pick_order_scores(n: int, picks: Sequence[int], index: np.ndarray) -> np.nd
 class IGDSLow(IGDSDerived):
     """The direction check: igds's rows, lowest Feature-Resonant Score first."""
 
-    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+    def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
         out = table
         for i, name in enumerate(table.column_names):
             if name.startswith(FEATURE_PREFIX):
@@ -162,7 +174,7 @@ class IGDSLow(IGDSDerived):
 class IGDSQuota(IGDSDerived):
     """igds's table in select mode ``quota``: per-feature round-robin."""
 
-    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+    def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
         picks = select_rows(table, budget=table.num_rows, mode="quota")
         index = table.column("index").to_numpy(zero_copy_only=False)
         return self._with_score(table, _pick_order_scores(table.num_rows, picks, index), mode="quota")
@@ -172,7 +184,7 @@ class IGDSQuota(IGDSDerived):
 class IGDSCoverage(IGDSDerived):
     """igds's table in select mode ``coverage`` (gate ``select.gate``), then the gated-out rows."""
 
-    def derive(self, table: pa.Table, select: SelectConfig) -> pa.Table:
+    def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
         n = table.num_rows
         index = table.column("index").to_numpy(zero_copy_only=False)
         eligible = budget_for(n, ratio=select.gate)
@@ -182,9 +194,34 @@ class IGDSCoverage(IGDSDerived):
                                 gate=select.gate)
 
 
-def derive_table(method: str, igds_table: pa.Table, select: SelectConfig) -> pa.Table:
-    """The table of the derived arm ``method`` (:data:`igds.config.IGDS_DERIVED`) from igds's own table."""
+@register("igds_zscore")
+class IGDSZscore(IGDSDerived):
+    """igds's validated features combined as ``score.combine=zscore`` would: each ``f:`` column
+    standardised over the pool, weighted by the feature's causal effect clipped at 0 (equal weights
+    when the filter measured none; :func:`igds.scoring.effect_weights`). Same features, same
+    per-feature scores: only the combination differs from igds's."""
+
+    reads_features = True
+
+    def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
+        if features is None:
+            raise ValueError("igds_zscore needs igds's validated features (their effects weigh the z-scores)")
+        validated = features.validated_features
+        columns = [f"{FEATURE_PREFIX}{c.key}" for c in validated]
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ValueError(f"igds_zscore: igds's score table lacks the columns {missing} of its validated features")
+        norm = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
+        weights = effect_weights(validated)
+        return self._with_score(table, combine_scores(norm, "zscore", weights), combine="zscore",
+                                weights={c.key: round(float(w), 6) for c, w in zip(validated, weights)})
+
+
+def derive_table(method: str, igds_table: pa.Table, select: SelectConfig,
+                 features: FeatureSet | None = None) -> pa.Table:
+    """The table of the derived arm ``method`` (:data:`igds.config.IGDS_DERIVED`) from igds's own table
+    and validated ``features`` (needed by the arms that weigh features: ``igds_zscore``)."""
     arm = get_selector(method)
     if not isinstance(arm, IGDSDerived):
         raise ValueError(f"{method!r} is not an arm derived from igds's table")
-    return arm.derive(igds_table, select)
+    return arm.derive(igds_table, features, select)
