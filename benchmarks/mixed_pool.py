@@ -28,8 +28,8 @@ task data (IGDS's probe, the targets of dsir/bm25/embed/mona) keeps the task's f
 Arms (``--arms``, default all): every registered selector that runs on a pool (random,
 loss, ifd, zip, longest, dsir, bm25, igds_jaccard, embed, mona, igds, igds_filtered,
 igds_recall_only, igds_random_candidates, igds_paper, igds_content, and igds_low / igds_quota /
-igds_coverage / igds_zscore, which read igds's own table) and ``regex``, a sanity floor that lives here only: the number
-of the task template's fixed strings a row contains (ties at random). On a leaky pool it
+igds_coverage / igds_zscore, which read igds's own table) and ``regex``, a sanity floor that
+lives here only: the number of the task template's fixed strings a row contains (ties at random). On a leaky pool it
 finds every task row; on a template-free pool it must be at chance. Each arm selects
 50%; the table reports exact-task precision and recall, graded precision and NDCG, and
 the diagnostics of :mod:`diagnostics` (score vs ``n_tokens`` and response length;
@@ -467,8 +467,8 @@ def write(res: dict, out: Path) -> None:
                      f"{_num(r.get('overlap_loss_bottom'), 2)} | {_num(r.get('overlap_longest'), 2)} |")
     stage1 = [r for r in res["selection"] if r.get("stage1")]
     if stage1:
-        lines += ["", "Stage 1 of each IGDS arm (the derived arms igds_low / igds_quota / igds_coverage / igds_zscore read "
-                  "igds's table):", ""]
+        lines += ["", "Stage 1 of each IGDS arm (the derived arms igds_low / igds_quota / igds_coverage / "
+                  "igds_zscore read igds's table):", ""]
         for r in stage1:
             st = r["stage1"]
             kept = ", ".join(st["validated"][:6]) + (" ..." if len(st["validated"]) > 6 else "")
