@@ -216,6 +216,18 @@ def combine_scores(norm: np.ndarray, how: str, weights: np.ndarray | None = None
     return columns @ weights
 
 
+def pool_combination(table: pa.Table, validated: Sequence[Candidate], how: str) -> tuple[np.ndarray, dict[str, float]]:
+    """(score, weight per feature key) of the pool-wide combination ``how`` of ``table``'s ``f:`` columns
+    for the ``validated`` features, each weighted by :func:`effect_weights`."""
+    missing = [f"f:{c.key}" for c in validated if f"f:{c.key}" not in table.column_names]
+    if missing:
+        raise ValueError(f"the score table lacks the columns {missing} of its validated features")
+    weights = effect_weights(validated)
+    norm = np.stack([table.column(f"f:{c.key}").to_numpy(zero_copy_only=False).astype(np.float64)
+                     for c in validated], axis=1)
+    return combine_scores(norm, how, weights), {c.key: round(float(w), 6) for c, w in zip(validated, weights)}
+
+
 def merge_tops(parts: Sequence[dict[str, list]], k: int) -> dict[str, list]:
     merged: dict[str, list] = {}
     for part in parts:
@@ -363,11 +375,8 @@ class ShardStore:
         meta: dict[str, Any] = {"method": "igds", "aggregation": cfg.aggregation, "combine": cfg.combine,
                                 "normalize": cfg.normalize, "features": [c.key for c in validated]}
         if cfg.combine in POOL_COMBINATIONS:
-            weights = effect_weights(validated)
-            norm = np.stack([table.column(f"f:{c.key}").to_numpy().astype(np.float64) for c in validated], axis=1)
-            table = table.set_column(table.column_names.index("score"), "score",
-                                     pa.array(combine_scores(norm, cfg.combine, weights)))
-            meta["weights"] = {c.key: round(float(w), 6) for c, w in zip(validated, weights)}
+            score, meta["weights"] = pool_combination(table, validated, cfg.combine)
+            table = table.set_column(table.column_names.index("score"), "score", pa.array(score))
         table = table.replace_schema_metadata({"igds": json.dumps({
             **meta, "pool": pool_meta(pool_source, pool_fingerprint, table.column("id").to_pylist())})})
         merged = merge_tops(tops, cfg.top_examples)

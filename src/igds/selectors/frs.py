@@ -51,7 +51,7 @@ from ..config import RunConfig, SelectConfig, with_preset
 from ..data import Example
 from ..feature_set import FeatureSet
 from ..pipeline import igds_scores
-from ..scoring import combine_scores, effect_weights
+from ..scoring import pool_combination
 from ..selection import FEATURE_PREFIX, budget_for, select_rows, table_meta, top_order
 from .base import SelectionContext, Selector, check_table, get_selector, register
 
@@ -206,15 +206,8 @@ class IGDSZscore(IGDSDerived):
     def derive(self, table: pa.Table, features: FeatureSet | None, select: SelectConfig) -> pa.Table:
         if features is None:
             raise ValueError("igds_zscore needs igds's validated features (their effects weigh the z-scores)")
-        validated = features.validated_features
-        columns = [f"{FEATURE_PREFIX}{c.key}" for c in validated]
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise ValueError(f"igds_zscore: igds's score table lacks the columns {missing} of its validated features")
-        norm = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
-        weights = effect_weights(validated)
-        return self._with_score(table, combine_scores(norm, "zscore", weights), combine="zscore",
-                                weights={c.key: round(float(w), 6) for c, w in zip(validated, weights)})
+        score, weights = pool_combination(table, features.validated_features, "zscore")
+        return self._with_score(table, score, combine="zscore", weights=weights)
 
 
 def derive_table(method: str, igds_table: pa.Table, select: SelectConfig,
