@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,7 @@ def test_nan_in_a_worker_surfaces_as_the_original_error(tiny_lm, setup, tmp_path
     with pytest.raises(FloatingPointError, match=r"pool\.jsonl:(\d+): non-finite feature activations for example 'p\d+'"):
         score_features(cfg, lm, load_saes(cfg, lm), fs, tmp_path / "run")
     assert not (tmp_path / "run" / "scores.parquet").exists()
+    # the error left the loop over rows early: Ray Data's block pullers, which would still be
+    # waiting on the raylet for the other shards, are finished before the error reaches us, so
+    # shutting Ray down now (as the module's fixture does next) cannot end this process
+    assert not [t for t in threading.enumerate() if t.name == "iter_threaded"]

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -91,6 +93,23 @@ class ShardScorer:
                 "extra": np.array(extras, dtype=object), "error": np.array(errors, dtype=object)}
 
 
+# Ray Data pulls the dataset's blocks in background threads of this process (named
+# "iter_threaded" in ray.data's block batching). When the loop over rows is left early (a
+# shard's error is re-raised), a puller can still be waiting on the raylet for a block; shut
+# Ray down under it (RayCompute does when it started Ray, a caller may) and Ray's core worker
+# can end the whole process with exit code 1 and no message, losing the error being raised.
+# Once the iterator is gone Ray Data stops its executor, so the pullers end within seconds.
+_RAY_DATA_PULLER = "iter_threaded"
+_PULLER_GRACE_S = 30.0
+
+
+def _wait_for_ray_data_pullers(threads_before: set[threading.Thread]) -> None:
+    deadline = time.monotonic() + _PULLER_GRACE_S
+    for thread in set(threading.enumerate()) - threads_before:
+        if thread.name == _RAY_DATA_PULLER:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def _to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -122,6 +141,7 @@ def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]]
             max_restarts=-1, max_task_retries=score.ray_max_retries)
     done = 0
     bar = tqdm(total=len(rows), desc="scoring on ray", unit="shard", dynamic_ncols=True)
+    threads_before = set(threading.enumerate())
     try:
         for row in ds.iter_rows():
             if row["error"]:
@@ -136,6 +156,7 @@ def _run_on_ray(cfg: RunConfig, features: FeatureSet, rows: list[dict[str, Any]]
             f"with any from earlier runs, in {store.dir}: run again to resume") from err
     finally:
         bar.close()
+        _wait_for_ray_data_pullers(threads_before)
     if done != len(rows):
         raise RuntimeError(f"ray returned {done} of {len(rows)} shards; run again to resume")
 
