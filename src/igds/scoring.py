@@ -219,12 +219,12 @@ def combine_scores(norm: np.ndarray, how: str, weights: np.ndarray | None = None
 def pool_combination(table: pa.Table, validated: Sequence[Candidate], how: str) -> tuple[np.ndarray, dict[str, float]]:
     """(score, weight per feature key) of the pool-wide combination ``how`` of ``table``'s ``f:`` columns
     for the ``validated`` features, each weighted by :func:`effect_weights`."""
-    missing = [f"f:{c.key}" for c in validated if f"f:{c.key}" not in table.column_names]
+    columns = [f"f:{c.key}" for c in validated]
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ValueError(f"the score table lacks the columns {missing} of its validated features")
     weights = effect_weights(validated)
-    norm = np.stack([table.column(f"f:{c.key}").to_numpy(zero_copy_only=False).astype(np.float64)
-                     for c in validated], axis=1)
+    norm = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
     return combine_scores(norm, how, weights), {c.key: round(float(w), 6) for c, w in zip(validated, weights)}
 
 
