@@ -196,7 +196,7 @@ def collect(task: str) -> dict[str, Any] | None:
     return {"task": task, "config": str(cfg_path.relative_to(ROOT)), "metric": metric, "heldout_loss": loss_key,
             "planned_runs": len(exp.plan()), "finished_runs": len(runs), "run_seconds": round(seconds, 1),
             "stale_runs": sorted(r["run"] for r in stale), "code": code_version(),
-            "filter_outcomes": filter_outcomes(exp),
+            "filter_outcomes": filter_outcomes(exp, task),
             "steps_mode": sorted({r.get("steps_mode", "epochs") for r in runs}),
             "base": read_json(base_path)["metrics"], "cells": cells, "comparisons": comparisons,
             "diagnostics": read_json(diag_path) if diag_path.exists() else None}
@@ -213,15 +213,24 @@ def code_version() -> str:
         return igds.__version__
 
 
-def filter_outcomes(exp: Experiment) -> dict[str, str]:
-    """What each IGDS arm's causal filter kept, from its features.json (older files: validated of candidates)."""
+def filter_outcomes(exp: Experiment, task: str) -> dict[str, str]:
+    """What each IGDS arm's causal filter kept, from its features.json (older files: validated of candidates).
+
+    Kept in :data:`ARCHIVE` beside the runs, since runs/ does not outlive the machine: an arm whose
+    Stage 1 is not on this machine keeps its archived outcome, and one recomputed here replaces it."""
+    path = ARCHIVE / task / "filter_outcomes.json"
+    archived = read_json(path) if path.exists() else {}
     out = {}
     for m in (m for m in exp.cfg.methods if m in IGDS_METHODS and m not in IGDS_DERIVED):  # the derived read igds's
-        path = method_dir(exp.run_dir, m) / "features.json"
-        if path.exists():
-            fs = read_json(path)
+        live = method_dir(exp.run_dir, m) / "features.json"
+        if live.exists():
+            fs = read_json(live)
             out[m] = fs.get("filter_outcome") or \
                 f"kept {len(fs.get('validated', []))} of {len(fs.get('candidates', []))} candidates"
+        elif m in archived:
+            out[m] = archived[m]
+    if out != archived:
+        atomic_write_json(path, out)
     return out
 
 
