@@ -64,12 +64,13 @@ THRESHOLD = 2.0  # pooled standard errors
 ARCHIVE = ROOT / "benchmarks" / "results" / "protocol-runs"
 
 
-def archive(exp: Experiment, task: str, restore: bool) -> int:
+def archive(exp: Experiment, task: str, restore: bool, base_checked: bool = False) -> int:
     """Copy finished results between ``exp``'s folder and :data:`ARCHIVE`.
 
     Only results whose key matches the current settings move (a stale one never replaces a
-    current one, either way); restoring replaces a stale live result. The base model's result
-    moves when the other side lacks it (its key needs the features, checked when it is read)."""
+    current one, either way); restoring replaces a stale live result. The base model's key needs
+    the features, so its result moves when the other side lacks it, and replaces the kept one
+    when ``base_checked`` (an experiment has just read it, re-evaluating it if it was stale)."""
     keys = {p: exp.run_key(*p) for p in exp.plan()}  # once: each key hashes the pool and eval files
 
     def current(path: Path, plan: tuple[str, float, int] | None) -> bool:
@@ -85,10 +86,11 @@ def archive(exp: Experiment, task: str, restore: bool) -> int:
         if restore:
             move = current(kept, plan) and not current(live, plan)
         else:
-            # a run replaces its kept copy when it differs (both carry the current key); the base's key needs
-            # the features, so a kept base is never overwritten, only written where it is missing
-            move = current(live, plan) and (not kept.exists() or (plan is not None
-                                                                   and kept.read_text() != live.read_text()))
+            # a run replaces its kept copy when it differs (both carry the current key); the base only after
+            # an experiment checked it: a kept base from older features would otherwise cost every new
+            # machine its re-evaluation (on 2 cores, tens of minutes of GSM8K generation)
+            move = current(live, plan) and (not kept.exists() or ((plan is not None or base_checked)
+                                                                  and kept.read_text() != live.read_text()))
         if move:
             dst.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dst, src.read_text(encoding="utf-8"))
@@ -297,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         exp = Experiment(load_experiment_config(CONFIGS / f"{task}.yaml"))
         print(f"protocol: {task}: {archive(exp, task, restore=True)} finished results restored from {ARCHIVE}")
         t0 = time.perf_counter()
+        finished = False
         try:
             run_experiment(cfg)
+            finished = True
         finally:  # what finished is kept, also when the sitting ends mid-task
-            archive(exp, task, restore=False)
+            archive(exp, task, restore=False, base_checked=finished)
         if not args.methods:  # the diagnostics read every arm's table: not for a partial invocation
             atomic_write_json(ARCHIVE / task / "diagnostics.json", diagnostics(exp))
         print(f"protocol: {task} took {time.perf_counter() - t0:.0f} s")
