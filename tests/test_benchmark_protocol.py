@@ -63,9 +63,10 @@ def test_archive_round_trip_keeps_finished_runs_across_machines(tmp_path, monkey
     assert protocol.archive(exp, "summarization", restore=True) == 0 and not live.exists()
 
 
-def test_archiving_never_overwrites_a_kept_base_result(tmp_path, monkeypatch):
+def test_a_kept_base_result_is_replaced_only_after_an_experiment_checked_it(tmp_path, monkeypatch):
     """A live base result from another checkout (its key unchecked: it needs the features) is written
-    to the archive only where none is kept; a kept one is never replaced by it."""
+    to the archive only where none is kept; it replaces a kept one only when an experiment has just
+    read it (``base_checked``), re-evaluating it if its key was stale."""
     import protocol
     from igds.experiment import Experiment, load_experiment_config
 
@@ -77,8 +78,31 @@ def test_archiving_never_overwrites_a_kept_base_result(tmp_path, monkeypatch):
     live.parent.mkdir(parents=True)
     live.write_text('{"key": "stale-elsewhere"}')
     assert protocol.archive(exp, "summarization", restore=False) == 1 and kept.read_text() == live.read_text()
-    kept.write_text('{"key": "current-kept"}')
-    assert protocol.archive(exp, "summarization", restore=False) == 0 and "current-kept" in kept.read_text()
+    kept.write_text('{"key": "older-features"}')
+    assert protocol.archive(exp, "summarization", restore=False) == 0 and "older-features" in kept.read_text()
+    live.write_text('{"key": "checked-now"}')
+    assert protocol.archive(exp, "summarization", restore=False, base_checked=True) == 1
+    assert "checked-now" in kept.read_text()
+
+
+def test_filter_outcomes_outlive_the_machine_and_a_recomputed_one_wins(tmp_path, monkeypatch):
+    import json
+
+    import protocol
+    from igds.experiment import Experiment, load_experiment_config, method_dir
+
+    monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
+    exp = Experiment(load_experiment_config(protocol.CONFIGS / "summarization.yaml", {"igds.out": str(tmp_path / "run")}))
+    features = method_dir(exp.run_dir, "igds_paper") / "features.json"
+    features.parent.mkdir(parents=True)
+    features.write_text(json.dumps({"filter_outcome": "kept 3 of 24 candidates"}))
+    assert protocol.filter_outcomes(exp, "summarization") == {"igds_paper": "kept 3 of 24 candidates"}
+    features.unlink()  # a new machine: runs/ is gone, the archive is in the repository
+    assert protocol.filter_outcomes(exp, "summarization") == {"igds_paper": "kept 3 of 24 candidates"}
+    features.write_text(json.dumps({"validated": ["a"], "candidates": ["a", "b"]}))  # recomputed here
+    assert protocol.filter_outcomes(exp, "summarization") == {"igds_paper": "kept 1 of 2 candidates"}
+    assert json.loads((tmp_path / "archive" / "summarization" / "filter_outcomes.json").read_text()) == \
+        {"igds_paper": "kept 1 of 2 candidates"}
 
 
 @pytest.mark.parametrize("task", ["summarization", "math", "translation"])
