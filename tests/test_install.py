@@ -24,7 +24,9 @@ def _planned_setup(tmp_path: Path, with_gpu: bool) -> str:
     # only the tools make itself needs, so that a real nvidia-smi elsewhere on PATH is not seen
     for tool in ("sh", "bash"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    env = {**os.environ, "PATH": str(bin_dir)}
+    # the Makefile's own defaults: a caller's TORCH_SPEC / TORCH_INDEX (e.g. `make setup TORCH_SPEC=` in the
+    # environment, to keep an installed torch) would override them
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TORCH_SPEC", "TORCH_INDEX")}, "PATH": str(bin_dir)}
     out = subprocess.run([shutil.which("make"), "-n", "-B", "-C", str(ROOT), "setup"], env=env, text=True,
                          capture_output=True, check=True)
     return out.stdout
