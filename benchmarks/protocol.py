@@ -88,7 +88,7 @@ def archive(exp: Experiment, task: str, restore: bool, base_checked: bool = Fals
         else:
             # a run replaces its kept copy when it differs (both carry the current key); the base only after
             # an experiment checked it: a kept base from older features would otherwise cost every new
-            # machine its re-evaluation (on 2 cores, tens of minutes of GSM8K generation)
+            # machine its re-evaluation (every test answer generated again)
             move = current(live, plan) and (not kept.exists() or ((plan is not None or base_checked)
                                                                   and kept.read_text() != live.read_text()))
         if move:

@@ -26,7 +26,8 @@ def _planned_setup(tmp_path: Path, with_gpu: bool) -> str:
         (bin_dir / tool).symlink_to(shutil.which(tool))
     # the Makefile's own defaults: a caller's TORCH_SPEC / TORCH_INDEX (e.g. `make setup TORCH_SPEC=` in the
     # environment, to keep an installed torch) would override them
-    env = {**{k: v for k, v in os.environ.items() if k not in ("TORCH_SPEC", "TORCH_INDEX")}, "PATH": str(bin_dir)}
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_SPEC", "TORCH_INDEX")}
+    env["PATH"] = str(bin_dir)
     out = subprocess.run([shutil.which("make"), "-n", "-B", "-C", str(ROOT), "setup"], env=env, text=True,
                          capture_output=True, check=True)
     return out.stdout
