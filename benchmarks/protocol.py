@@ -3,6 +3,7 @@
     python benchmarks/protocol.py                          # every task and seed (resumable)
     python benchmarks/protocol.py --tasks summarization --seeds 0 1   # a part, now
     python benchmarks/protocol.py --collect-only           # rebuild the tables from finished runs
+    python benchmarks/protocol.py --diagnostics --tasks math   # each arm's selection diagnostics, no training
 
 Each task is an ``igds experiment`` config in ``benchmarks/protocol/<task>.yaml``: 50% of a
 160-row pool, every arm trained for Full's step count (``finetune.equal_steps``), the task
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diagnostics import selection_diagnostics, top_indices
-from igds.artifacts import atomic_write_json, atomic_write_text, read_json
+from igds.artifacts import atomic_write_json, atomic_write_text, read_json, stable_hash
 from igds.config import IGDS_DERIVED, IGDS_METHODS
 from igds.experiment import (Experiment, headline_metric, load_experiment_config, method_dir, run_experiment,
                              run_id)
@@ -141,8 +142,26 @@ def heldout_loss_key(runs: list[dict[str, Any]]) -> str:
     return keys[0]
 
 
+def diagnostics_key(exp: Experiment, method: str) -> str:
+    """What one arm's diagnostics read: the pool, the budget, the arm's own score and the Loss and
+    longest-response references. A kept entry whose key differs is stale and never shown."""
+    seed = exp.cfg.seeds[0]
+    return stable_hash({"data": exp.data_key(), "ratio": exp.cfg.ratios[0], "arm": exp.method_key(method, seed),
+                        "loss": exp.method_key("loss", seed), "longest": exp.method_key("longest", seed)})
+
+
+def current_diagnostics(exp: Experiment, task: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The archived diagnostics whose keys match the current settings, and the arms left out as stale
+    (an entry without a key predates keys and is stale too)."""
+    path = ARCHIVE / task / "diagnostics.json"
+    kept = read_json(path) if path.exists() else {}
+    fresh = {m: d for m, d in kept.items() if m in exp.cfg.methods and d.get("key") == diagnostics_key(exp, m)}
+    return fresh, sorted(set(kept) - set(fresh))
+
+
 def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """Score-length correlations and overlaps of each arm's 50% pick (issue #12 item 4)."""
+    """Score-length correlations and overlaps of each arm's 50% pick (issue #12 item 4), each with
+    its :func:`diagnostics_key`. Reads every arm's seed-0 score table (an IGDS arm's Stage 1)."""
     arms = [m for m in exp.cfg.methods if m != "full"]
     tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*arms, "loss", "longest")}
     pool = exp.pool()
@@ -152,8 +171,9 @@ def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
             "longest": top_indices(tables["longest"].column("score").to_numpy(zero_copy_only=False), k)}
     n_tokens = tables["loss"].column("n_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
     chars = [len(e.response) for e in pool]
-    return {m: selection_diagnostics(tables[m].column("score").to_numpy(zero_copy_only=False).astype(np.float64),
-                                     k, n_tokens, chars, refs) for m in arms}
+    return {m: {"key": diagnostics_key(exp, m),
+                **selection_diagnostics(tables[m].column("score").to_numpy(zero_copy_only=False).astype(np.float64),
+                                        k, n_tokens, chars, refs)} for m in arms}
 
 
 def collect(task: str) -> dict[str, Any] | None:
@@ -192,7 +212,7 @@ def collect(task: str) -> dict[str, Any] | None:
                                   [r["metrics"].get(loss_key) for r in by[b]], False)
         comparisons.append({"a": a, "b": b, "gap_metric": gm, "z_metric": zm, "gap_loss": gl, "z_loss": zl,
                             "verdict": verdict(zm, zl)})
-    diag_path = ARCHIVE / task / "diagnostics.json"
+    diag, stale_diag = current_diagnostics(exp, task)
     seconds = sum((r.get("finetune") or {}).get("seconds") or 0 for r in runs) + sum(r.get("eval_seconds") or 0
                                                                                     for r in runs)
     return {"task": task, "config": str(cfg_path.relative_to(ROOT)), "metric": metric, "heldout_loss": loss_key,
@@ -201,7 +221,7 @@ def collect(task: str) -> dict[str, Any] | None:
             "filter_outcomes": filter_outcomes(exp, task),
             "steps_mode": sorted({r.get("steps_mode", "epochs") for r in runs}),
             "base": read_json(base_path)["metrics"], "cells": cells, "comparisons": comparisons,
-            "diagnostics": read_json(diag_path) if diag_path.exists() else None}
+            "diagnostics": diag or None, "stale_diagnostics": stale_diag}
 
 
 def code_version() -> str:
@@ -281,6 +301,9 @@ def task_section(res: dict[str, Any]) -> list[str]:
                                         "overlap_loss_bottom", "overlap_longest")]
             lines.append(f"| {LABELS[m].strip('*')} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in cells)
                          + " |")
+    if res.get("stale_diagnostics"):
+        lines += ["", "Selection diagnostics not shown, made with other settings: "
+                  + ", ".join(LABELS[m].strip("*") for m in res["stale_diagnostics"]) + "."]
     return lines
 
 
@@ -290,9 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, help="run only these seeds now (default: the config's)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods now")
     ap.add_argument("--collect-only", action="store_true", help="rebuild the tables from finished runs only")
+    ap.add_argument("--diagnostics", action="store_true",
+                    help="compute each task's selection diagnostics now (every arm's seed-0 score table, an IGDS "
+                         "arm's Stage 1 included; no fine-tuning), then collect")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "protocol.md"))
     args = ap.parse_args(argv)
-    for task in [] if args.collect_only else args.tasks:
+    for task in args.tasks if args.diagnostics else []:
+        atomic_write_json(ARCHIVE / task / "diagnostics.json",
+                          diagnostics(Experiment(load_experiment_config(CONFIGS / f"{task}.yaml"))))
+    for task in [] if args.collect_only or args.diagnostics else args.tasks:
         overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
         overrides += [f"methods=[{','.join(args.methods)}]"] if args.methods else []
         cfg = load_experiment_config(CONFIGS / f"{task}.yaml", overrides)

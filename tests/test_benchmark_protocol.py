@@ -120,3 +120,31 @@ def test_every_archived_run_still_has_the_key_the_code_computes(task, shared_dat
     planned = {protocol.run_id(*p): p for p in exp.plan()}
     for run, result in kept.items():
         assert result["key"] == exp.run_key(*planned[run]), run
+
+
+def test_selection_diagnostics_are_shown_only_under_the_key_they_were_made_with(tmp_path, shared_data, monkeypatch):
+    """The archived diagnostics outlive the machine; an entry whose arm, pool or references changed
+    since (or that predates keys) is left out of the table and named as stale, never shown."""
+    import json
+
+    import protocol
+    from igds.experiment import Experiment, load_experiment_config
+
+    monkeypatch.chdir(protocol.ROOT)  # the configs' relative paths (data, the pinned v1 SAE)
+    monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
+    exp = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml"))
+    planted = {"random": {"key": protocol.diagnostics_key(exp, "random"), "rho_n_tokens": 0.1},
+               "igds": {"key": protocol.diagnostics_key(exp, "igds"), "rho_n_tokens": 0.2},
+               "igds_low": {"rho_n_tokens": 0.3},  # made before diagnostics carried keys
+               "igds_quota": {"key": "made-with-other-settings", "rho_n_tokens": 0.4}}
+    (tmp_path / "archive" / "math").mkdir(parents=True)
+    (tmp_path / "archive" / "math" / "diagnostics.json").write_text(json.dumps(planted))
+    fresh, stale = protocol.current_diagnostics(exp, "math")
+    assert set(fresh) == {"random", "igds"} and stale == ["igds_low", "igds_quota"]
+    # igds's scoring changes: its entry goes stale, Random's (which does not read it) stays
+    changed = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.score.positions=content"]))
+    fresh, stale = protocol.current_diagnostics(changed, "math")
+    assert set(fresh) == {"random"} and "igds" in stale
+    # a different pool changes every arm's key
+    smaller = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.pool.limit=120"]))
+    assert protocol.current_diagnostics(smaller, "math")[0] == {}
