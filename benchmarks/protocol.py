@@ -143,11 +143,11 @@ def heldout_loss_key(runs: list[dict[str, Any]]) -> str:
 
 
 def diagnostics_key(exp: Experiment, method: str) -> str:
-    """What one arm's diagnostics read: the pool, the budget, the arm's own score and the Loss and
+    """What one arm's diagnostics read: the pool, the budget, the arm's own score and the IGDS, Loss and
     longest-response references. A kept entry whose key differs is stale and never shown."""
     seed = exp.cfg.seeds[0]
     return stable_hash({"data": exp.data_key(), "ratio": exp.cfg.ratios[0], "arm": exp.method_key(method, seed),
-                        "loss": exp.method_key("loss", seed), "longest": exp.method_key("longest", seed)})
+                        **{ref: exp.method_key(ref, seed) for ref in ("igds", "loss", "longest")}})
 
 
 def current_diagnostics(exp: Experiment, task: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -160,14 +160,16 @@ def current_diagnostics(exp: Experiment, task: str) -> tuple[dict[str, dict[str,
 
 
 def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """Score-length correlations and overlaps of each arm's 50% pick (issue #12 item 4), each with
-    its :func:`diagnostics_key`. Reads every arm's seed-0 score table (an IGDS arm's Stage 1)."""
+    """Score-length correlations and overlaps of each arm's 50% pick with IGDS's, Loss's and the longest
+    responses' (issue #12 item 4), each with its :func:`diagnostics_key`. Reads every arm's seed-0 score
+    table (an IGDS arm's Stage 1)."""
     arms = [m for m in exp.cfg.methods if m != "full"]
-    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*arms, "loss", "longest")}
+    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*arms, "igds", "loss", "longest")}
     pool = exp.pool()
     k = len(select_indices(tables["random"], ratio=exp.cfg.ratios[0]))
     loss = tables["loss"].column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    refs = {"loss_top": top_indices(loss, k), "loss_bottom": top_indices(-loss, k),
+    refs = {"igds": top_indices(tables["igds"].column("score").to_numpy(zero_copy_only=False), k),
+            "loss_top": top_indices(loss, k), "loss_bottom": top_indices(-loss, k),
             "longest": top_indices(tables["longest"].column("score").to_numpy(zero_copy_only=False), k)}
     n_tokens = tables["loss"].column("n_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
     chars = [len(e.response) for e in pool]
@@ -294,10 +296,11 @@ def task_section(res: dict[str, Any]) -> list[str]:
                      f"**{c['verdict']}** |")
     if res["diagnostics"]:
         lines += ["", "Selection diagnostics at 50% (Spearman of the score with n_tokens and response characters; "
-                  "share of the pick also in Loss-top, Loss-bottom and longest-response):", "",
-                  "| selector | ρ n_tokens | ρ chars | ∩ Loss-top | ∩ Loss-bottom | ∩ longest |", "|---|---|---|---|---|---|"]
+                  "share of the pick also in IGDS's, Loss-top, Loss-bottom and longest-response):", "",
+                  "| selector | ρ n_tokens | ρ chars | ∩ IGDS | ∩ Loss-top | ∩ Loss-bottom | ∩ longest |",
+                  "|---|---|---|---|---|---|---|"]
         for m, d in res["diagnostics"].items():
-            cells = [d.get(k) for k in ("rho_n_tokens", "rho_response_chars", "overlap_loss_top",
+            cells = [d.get(k) for k in ("rho_n_tokens", "rho_response_chars", "overlap_igds", "overlap_loss_top",
                                         "overlap_loss_bottom", "overlap_longest")]
             lines.append(f"| {LABELS[m].strip('*')} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in cells)
                          + " |")

@@ -134,17 +134,20 @@ def test_selection_diagnostics_are_shown_only_under_the_key_they_were_made_with(
     monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
     exp = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml"))
     planted = {"random": {"key": protocol.diagnostics_key(exp, "random"), "rho_n_tokens": 0.1},
-               "igds": {"key": protocol.diagnostics_key(exp, "igds"), "rho_n_tokens": 0.2},
+               "igds_coverage": {"key": protocol.diagnostics_key(exp, "igds_coverage"), "rho_n_tokens": 0.2},
                "igds_low": {"rho_n_tokens": 0.3},  # made before diagnostics carried keys
                "igds_quota": {"key": "made-with-other-settings", "rho_n_tokens": 0.4}}
     (tmp_path / "archive" / "math").mkdir(parents=True)
     (tmp_path / "archive" / "math" / "diagnostics.json").write_text(json.dumps(planted))
     fresh, stale = protocol.current_diagnostics(exp, "math")
-    assert set(fresh) == {"random", "igds"} and stale == ["igds_low", "igds_quota"]
-    # igds's scoring changes: its entry goes stale, Random's (which does not read it) stays
-    changed = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.score.positions=content"]))
-    fresh, stale = protocol.current_diagnostics(changed, "math")
-    assert set(fresh) == {"random"} and "igds" in stale
+    assert set(fresh) == {"random", "igds_coverage"} and stale == ["igds_low", "igds_quota"]
+    # the coverage arm's gate changes: its entry goes stale, Random's (which does not read it) stays
+    gate = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.select.gate=0.8"]))
+    fresh, stale = protocol.current_diagnostics(gate, "math")
+    assert set(fresh) == {"random"} and "igds_coverage" in stale
+    # igds's scoring changes: every entry reads IGDS's pick (the ∩ IGDS column), so every one goes stale
+    scoring = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.score.positions=content"]))
+    assert protocol.current_diagnostics(scoring, "math")[0] == {}
     # a different pool changes every arm's key
     smaller = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml", ["igds.pool.limit=120"]))
     assert protocol.current_diagnostics(smaller, "math")[0] == {}
