@@ -306,7 +306,7 @@ def task_section(res: dict[str, Any]) -> list[str]:
                          + " |")
     if res.get("stale_diagnostics"):
         lines += ["", "Selection diagnostics not shown, made with other settings: "
-                  + "; ".join(LABELS[m].strip("*") for m in res["stale_diagnostics"]) + "."]
+                  + "; ".join(LABELS.get(m, m).strip("*") for m in res["stale_diagnostics"]) + "."]
     return lines
 
 
