@@ -142,12 +142,14 @@ def heldout_loss_key(runs: list[dict[str, Any]]) -> str:
     return keys[0]
 
 
-def diagnostics_key(exp: Experiment, method: str) -> str:
-    """What one arm's diagnostics read: the pool, the budget, the arm's own score and the IGDS, Loss and
-    longest-response references. A kept entry whose key differs is stale and never shown."""
+def diagnostics_keys(exp: Experiment) -> dict[str, str]:
+    """Each arm's diagnostics key: what its row reads, i.e. the pool, the budget, the arm's own score
+    and the IGDS, Loss and longest-response references. A kept row whose key differs is stale and
+    never shown."""
     seed = exp.cfg.seeds[0]
-    return stable_hash({"data": exp.data_key(), "ratio": exp.cfg.ratios[0], "arm": exp.method_key(method, seed),
-                        **{ref: exp.method_key(ref, seed) for ref in ("igds", "loss", "longest")}})
+    shared = {"data": exp.data_key(), "ratio": exp.cfg.ratios[0],
+              **{ref: exp.method_key(ref, seed) for ref in ("igds", "loss", "longest")}}
+    return {m: stable_hash({**shared, "arm": exp.method_key(m, seed)}) for m in exp.cfg.methods if m != "full"}
 
 
 def current_diagnostics(exp: Experiment, task: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -155,27 +157,28 @@ def current_diagnostics(exp: Experiment, task: str) -> tuple[dict[str, dict[str,
     (an entry without a key predates keys and is stale too)."""
     path = ARCHIVE / task / "diagnostics.json"
     kept = read_json(path) if path.exists() else {}
-    fresh = {m: d for m, d in kept.items() if m in exp.cfg.methods and d.get("key") == diagnostics_key(exp, m)}
+    keys = diagnostics_keys(exp)
+    fresh = {m: d for m, d in kept.items() if m in keys and d.get("key") == keys[m]}
     return fresh, sorted(set(kept) - set(fresh))
 
 
-def diagnostics(exp: Experiment) -> dict[str, dict[str, Any]]:
+def save_diagnostics(exp: Experiment, task: str) -> None:
     """Score-length correlations and overlaps of each arm's 50% pick with IGDS's, Loss's and the longest
-    responses' (issue #12 item 4), each with its :func:`diagnostics_key`. Reads every arm's seed-0 score
-    table (an IGDS arm's Stage 1)."""
-    arms = [m for m in exp.cfg.methods if m != "full"]
-    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*arms, "igds", "loss", "longest")}
-    pool = exp.pool()
+    responses' (issue #12 item 4), each with its key (:func:`diagnostics_keys`), into :data:`ARCHIVE`.
+    Reads every arm's seed-0 score table (an IGDS arm's Stage 1)."""
+    keys = diagnostics_keys(exp)
+    tables = {m: exp.table(m, exp.cfg.seeds[0]) for m in (*keys, "igds", "loss", "longest")}
+
+    def column(m: str, name: str = "score") -> np.ndarray:
+        return tables[m].column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
     k = len(select_indices(tables["random"], ratio=exp.cfg.ratios[0]))
-    loss = tables["loss"].column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    refs = {"igds": top_indices(tables["igds"].column("score").to_numpy(zero_copy_only=False), k),
-            "loss_top": top_indices(loss, k), "loss_bottom": top_indices(-loss, k),
-            "longest": top_indices(tables["longest"].column("score").to_numpy(zero_copy_only=False), k)}
-    n_tokens = tables["loss"].column("n_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
-    chars = [len(e.response) for e in pool]
-    return {m: {"key": diagnostics_key(exp, m),
-                **selection_diagnostics(tables[m].column("score").to_numpy(zero_copy_only=False).astype(np.float64),
-                                        k, n_tokens, chars, refs)} for m in arms}
+    refs = {"igds": top_indices(column("igds"), k), "loss_top": top_indices(column("loss"), k),
+            "loss_bottom": top_indices(-column("loss"), k), "longest": top_indices(column("longest"), k)}
+    chars = [len(e.response) for e in exp.pool()]
+    atomic_write_json(ARCHIVE / task / "diagnostics.json",
+                      {m: {"key": key, **selection_diagnostics(column(m), k, column("loss", "n_tokens"), chars, refs)}
+                       for m, key in keys.items()})
 
 
 def collect(task: str) -> dict[str, Any] | None:
@@ -322,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "protocol.md"))
     args = ap.parse_args(argv)
     for task in args.tasks if args.diagnostics else []:
-        atomic_write_json(ARCHIVE / task / "diagnostics.json",
-                          diagnostics(Experiment(load_experiment_config(CONFIGS / f"{task}.yaml"))))
+        save_diagnostics(Experiment(load_experiment_config(CONFIGS / f"{task}.yaml")), task)
     for task in [] if args.collect_only or args.diagnostics else args.tasks:
         overrides = [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
         overrides += [f"methods=[{','.join(args.methods)}]"] if args.methods else []
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:  # what finished is kept, also when the sitting ends mid-task
             archive(exp, task, restore=False, base_checked=finished)
         if not args.methods:  # the diagnostics read every arm's table: not for a partial invocation
-            atomic_write_json(ARCHIVE / task / "diagnostics.json", diagnostics(exp))
+            save_diagnostics(exp, task)
         print(f"protocol: {task} took {time.perf_counter() - t0:.0f} s")
     results = {t: r for t in TASKS if (r := collect(t)) is not None}
     if not results:

@@ -133,8 +133,9 @@ def test_selection_diagnostics_are_shown_only_under_the_key_they_were_made_with(
     monkeypatch.chdir(protocol.ROOT)  # the configs' relative paths (data, the pinned v1 SAE)
     monkeypatch.setattr(protocol, "ARCHIVE", tmp_path / "archive")
     exp = Experiment(load_experiment_config(protocol.CONFIGS / "math.yaml"))
-    planted = {"random": {"key": protocol.diagnostics_key(exp, "random"), "rho_n_tokens": 0.1},
-               "igds_coverage": {"key": protocol.diagnostics_key(exp, "igds_coverage"), "rho_n_tokens": 0.2},
+    keys = protocol.diagnostics_keys(exp)
+    planted = {"random": {"key": keys["random"], "rho_n_tokens": 0.1},
+               "igds_coverage": {"key": keys["igds_coverage"], "rho_n_tokens": 0.2},
                "igds_low": {"rho_n_tokens": 0.3},  # made before diagnostics carried keys
                "igds_quota": {"key": "made-with-other-settings", "rho_n_tokens": 0.4}}
     (tmp_path / "archive" / "math").mkdir(parents=True)
